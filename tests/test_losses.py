@@ -1,0 +1,243 @@
+"""Tests for galda.losses and the DANN domain discriminator (issue 4 acceptance, CPU)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from galda.losses import (
+    PAPER_VARIANCES,
+    FisherLoss,
+    MMDLoss,
+    domain_adversarial_loss,
+    entropy_loss,
+    ganin_coefficient,
+    grad_reverse,
+    median_variances,
+    multi_kernel_mmd,
+    reversal_coefficient,
+)
+from galda.models.discriminator import DomainDiscriminator
+
+
+def reference_mmd(x: list[list[float]], y: list[list[float]], variances, unbiased: bool) -> float:
+    """Plain double-loop float64 MMD² with k(a,b) = Σ_s exp(−‖a−b‖²/(2s)) (paper Eq. 3)."""
+
+    def k(a: list[float], b: list[float]) -> float:
+        d2 = sum((ai - bi) ** 2 for ai, bi in zip(a, b))
+        return sum(math.exp(-d2 / (2.0 * s)) for s in variances)
+
+    def within(z: list[list[float]]) -> float:
+        n = len(z)
+        pairs = [(i, j) for i in range(n) for j in range(n) if (i != j or not unbiased)]
+        norm = n * (n - 1) if unbiased else n * n
+        return sum(k(z[i], z[j]) for i, j in pairs) / norm
+
+    cross = sum(k(a, b) for a in x for b in y) / (len(x) * len(y))
+    return within(x) + within(y) - 2.0 * cross
+
+
+def _samples(seed: int, n_s: int, n_t: int, d: int, shift: float = 0.0, scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_s, d, generator=g) * scale
+    y = torch.randn(n_t, d, generator=g) * scale + shift
+    return x, y
+
+
+# --------------------------------------------------------------------------- MMD vs reference
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize(
+    "variances,scale",
+    [
+        (PAPER_VARIANCES, 1.0),
+        ((0.5, 2.0, 8.0), 1.0),
+        ((1e-3, 1e-2, 0.1), 0.1),  # small bandwidths at a matching data scale
+    ],
+)
+def test_mmd_matches_double_loop_reference(unbiased, variances, scale):
+    x, y = _samples(0, n_s=7, n_t=11, d=4, shift=0.3, scale=scale)
+    got = multi_kernel_mmd(x, y, variances, unbiased=unbiased)
+    want = reference_mmd(x.double().tolist(), y.double().tolist(), variances, unbiased)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float32), rtol=1e-4, atol=1e-5)
+
+
+def test_mmd_accepts_tensor_variances_and_mmdloss_paper_matches():
+    x, y = _samples(1, 6, 9, 3, shift=0.5)
+    s = torch.tensor([0.5, 1.0, 4.0])
+    torch.testing.assert_close(
+        multi_kernel_mmd(x, y, s), multi_kernel_mmd(x, y, (0.5, 1.0, 4.0)), rtol=0, atol=0
+    )
+    loss = MMDLoss(bandwidths="paper", unbiased=False)
+    torch.testing.assert_close(
+        loss(x.reshape(6, 1, 3), y.reshape(9, 3, 1)), multi_kernel_mmd(x, y, PAPER_VARIANCES, False)
+    )
+
+
+def test_biased_minus_unbiased_is_diagonal_correction():
+    x, y = _samples(2, 5, 8, 3)
+    s = (1.0, 3.0)
+    diff = multi_kernel_mmd(x, y, s, unbiased=False) - multi_kernel_mmd(x, y, s, unbiased=True)
+    xl, yl = x.tolist(), y.tolist()
+    ref = reference_mmd(xl, yl, s, False) - reference_mmd(xl, yl, s, True)
+    torch.testing.assert_close(diff, torch.tensor(ref, dtype=torch.float32), rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- MMD behaviour
+
+
+@pytest.mark.parametrize("bandwidths", ["median", "paper"])
+def test_mmd_near_zero_same_distribution_positive_when_shifted(bandwidths):
+    loss = MMDLoss(bandwidths=bandwidths, unbiased=True)
+    same = torch.stack([loss(*_samples(seed, 32, 40, 8)) for seed in range(20)])
+    shifted = torch.stack([loss(*_samples(seed, 32, 40, 8, shift=1.0)) for seed in range(20)])
+    assert abs(same.mean().item()) < 3 * same.std().item() / math.sqrt(len(same)) + 1e-3
+    assert (same < 0).any()  # unbiased estimate is not clamped
+    assert shifted.min() > same.max()
+    assert shifted.mean() > 10 * same.abs().mean()
+
+
+@pytest.mark.parametrize("bandwidths", ["median", "paper"])
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_mmd_gradient_finite_and_nonzero(bandwidths, unbiased):
+    x, y = _samples(3, 16, 12, 6, shift=0.5)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    MMDLoss(bandwidths=bandwidths, unbiased=unbiased)(x, y).backward()
+    for g in (x.grad, y.grad):
+        assert torch.isfinite(g).all()
+        assert g.abs().sum() > 0
+
+
+def test_median_variances_no_grad_and_scale_with_data():
+    x, y = _samples(4, 10, 14, 5)
+    x.requires_grad_(True)
+    s = median_variances(x, y, n_kernels=5, multiplier=2.0)
+    assert not s.requires_grad and s.grad_fn is None
+    assert s.shape == (5,)
+    torch.testing.assert_close(s[1:] / s[:-1], torch.full((4,), 2.0))
+    pooled = torch.cat([x, y]).detach()
+    d2 = torch.cdist(pooled, pooled).pow(2)
+    median = d2[torch.triu_indices(24, 24, 1).unbind()].median()
+    torch.testing.assert_close(s[2], median)  # centred on the median
+    s10 = median_variances(10 * x, 10 * y, n_kernels=5, multiplier=2.0)
+    torch.testing.assert_close(s10, 100 * s, rtol=1e-4, atol=0)
+
+
+def test_mmd_rejects_bad_config():
+    with pytest.raises(ValueError, match="median"):
+        MMDLoss(bandwidths="silverman")
+    with pytest.raises(ValueError):
+        multi_kernel_mmd(torch.randn(1, 3), torch.randn(4, 3), (1.0,), unbiased=True)
+
+
+# --------------------------------------------------------------------------- gradient reversal
+
+
+@pytest.mark.parametrize("coefficient", [1.0, 0.37, 2.5])
+def test_gradient_reversal_scales_feature_gradient_only(coefficient):
+    torch.manual_seed(0)
+    extractor = nn.Linear(5, 8)
+    discriminator = DomainDiscriminator(8, hidden=16, dropout=0.0)
+    x_s, x_t = torch.randn(6, 5), torch.randn(7, 5)
+
+    def grads(reverse: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        extractor.zero_grad()
+        discriminator.zero_grad()
+        f_s, f_t = extractor(x_s), extractor(x_t)
+        if reverse:
+            f_s, f_t = grad_reverse(f_s, coefficient), grad_reverse(f_t, coefficient)
+        loss, _ = domain_adversarial_loss(discriminator(f_s), discriminator(f_t))
+        loss.backward()
+        return (
+            [p.grad.clone() for p in extractor.parameters()],
+            [p.grad.clone() for p in discriminator.parameters()],
+        )
+
+    ext_plain, disc_plain = grads(reverse=False)
+    ext_rev, disc_rev = grads(reverse=True)
+    for plain, rev in zip(ext_plain, ext_rev):
+        assert plain.abs().sum() > 0
+        torch.testing.assert_close(rev, -coefficient * plain, rtol=1e-6, atol=1e-7)
+    for plain, rev in zip(disc_plain, disc_rev):
+        torch.testing.assert_close(rev, plain, rtol=0, atol=0)
+
+
+def test_gradient_reversal_forward_is_identity():
+    x = torch.randn(3, 4, requires_grad=True)
+    out = grad_reverse(x, 0.5)
+    assert torch.equal(out, x)
+
+
+def test_ganin_schedule():
+    assert ganin_coefficient(0.0) == 0.0
+    assert ganin_coefficient(-1.0) == 0.0  # clipped
+    assert ganin_coefficient(1.0, gamma=10.0, max_value=0.5) == pytest.approx(0.5, abs=1e-4)
+    assert ganin_coefficient(2.0) == ganin_coefficient(1.0)  # clipped
+    values = [ganin_coefficient(p / 50) for p in range(51)]
+    assert all(b > a for a, b in zip(values, values[1:]))
+    assert ganin_coefficient(0.3, gamma=10.0) == pytest.approx(2 / (1 + math.exp(-3)) - 1)
+
+
+def test_reversal_coefficient_dispatch():
+    assert reversal_coefficient("constant", 0.0, 10.0, 0.7) == 0.7
+    assert reversal_coefficient("ganin", 0.2, 10.0, 0.7) == ganin_coefficient(0.2, 10.0, 0.7)
+    with pytest.raises(ValueError, match="constant.*ganin"):
+        reversal_coefficient("linear", 0.5, 10.0, 1.0)
+
+
+def test_domain_adversarial_loss_labels_and_accuracy():
+    src, tgt = torch.tensor([3.0, -1.0]), torch.tensor([-2.0, -4.0, 0.5])
+    loss, acc = domain_adversarial_loss(src, tgt)
+    expected = nn.functional.binary_cross_entropy_with_logits(
+        torch.cat([src, tgt]), torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])
+    )
+    torch.testing.assert_close(loss, expected)
+    assert acc.item() == pytest.approx(3 / 5)
+    assert not acc.requires_grad
+
+
+# --------------------------------------------------------------------------- DeepMerge II
+
+
+def test_fisher_loss_gradients_and_separation():
+    torch.manual_seed(0)
+    fisher = FisherLoss(feat_dim=4, n_classes=2)
+    with torch.no_grad():
+        fisher.centers.copy_(torch.tensor([[-3.0, 0, 0, 0], [3.0, 0, 0, 0]]))
+    labels = torch.tensor([0] * 20 + [1] * 20)
+    noise = 0.3 * torch.randn(40, 4)
+    separated = fisher.centers.detach()[labels] + noise
+    mixed = fisher.centers.detach()[labels.flip(0)[torch.randperm(40)]] + noise
+    feats = separated.clone().requires_grad_(True)
+    loss = fisher(feats, labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert feats.grad.abs().sum() > 0 and fisher.centers.grad.abs().sum() > 0
+    assert loss.item() < 0.1 * fisher(mixed, labels).item()
+
+
+def test_entropy_loss():
+    confident = torch.tensor([[100.0, -100.0], [-100.0, 100.0]])
+    assert entropy_loss(confident).item() == pytest.approx(0.0, abs=1e-6)
+    assert entropy_loss(torch.zeros(5, 2)).item() == pytest.approx(math.log(2))
+    assert entropy_loss(torch.zeros(3, 4)).item() == pytest.approx(math.log(4))
+
+
+# --------------------------------------------------------------------------- discriminator
+
+
+@pytest.mark.parametrize("in_features,hidden", [(32, 1024), (7, 16)])
+def test_discriminator_shape_and_parameter_count(in_features, hidden):
+    disc = DomainDiscriminator(in_features, hidden=hidden)
+    out = disc(torch.randn(5, in_features))
+    assert out.shape == (5,)
+    n_params = sum(p.numel() for p in disc.parameters())
+    assert n_params == in_features * hidden + hidden + hidden * hidden + hidden + hidden + 1
+    dropouts = [m for m in disc.modules() if isinstance(m, nn.Dropout)]
+    assert len(dropouts) == 2 and all(m.p == 0.5 for m in dropouts)
