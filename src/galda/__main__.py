@@ -1,0 +1,3 @@
+from galda.run import main
+
+main()

@@ -1,0 +1,271 @@
+"""Paired source/target data for unsupervised domain adaptation.
+
+Data flow: domain HDF5 files (``galda.data.h5format``) → split by galaxy → per-domain
+normalisation with training-split statistics → in-memory tensors → batch-at-a-time loaders.
+
+Training batches are ``{"source": (x, y), "target": x}``: the target training set is built
+without labels, so they cannot reach a training step (unless ``target_labels_in_training`` is
+set, which only the explicitly labelled ``oracle`` method does).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import CombinedLoader
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from galda.data.h5format import DataFormatError, DomainData, read_domain
+from galda.errors import GaldaError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+DOMAINS = ("source", "target")
+
+
+class DataMissingError(GaldaError):
+    """A configured data file does not exist and cannot be made automatically."""
+
+
+class ArrayDataset(Dataset):
+    """Images (and optionally labels) held as tensors.
+
+    ``__getitems__`` returns a whole batch with one indexing operation, so the DataLoader does
+    no per-sample collation (use :func:`identity_collate`).
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor | None = None) -> None:
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> Tensor | tuple[Tensor, Tensor]:
+        if self.labels is None:
+            return self.images[index]
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> Tensor | tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        if self.images.device.type != "cpu":
+            idx = idx.to(self.images.device, non_blocking=True)
+        if self.labels is None:
+            return self.images[idx]
+        return self.images[idx], self.labels[idx]
+
+
+def identity_collate(batch: Any) -> Any:
+    """Collate for datasets whose ``__getitems__`` already returns a batch."""
+    return batch
+
+
+def split_galaxies(
+    galaxy_ids: np.ndarray, fractions: Sequence[float], seed: int
+) -> dict[str, np.ndarray]:
+    """Assign each distinct galaxy id to train / val / test.
+
+    The permutation depends only on the sorted set of ids and ``seed``, so every domain that
+    shares ids gets the same assignment and all images of one galaxy land on one side.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise GaldaError(f"split_fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+    unique = np.unique(galaxy_ids)
+    order = np.random.default_rng(seed).permutation(len(unique))
+    shuffled = unique[order]
+    n_train = int(round(fractions[0] * len(unique)))
+    n_val = int(round(fractions[1] * len(unique)))
+    return {
+        "train": np.sort(shuffled[:n_train]),
+        "val": np.sort(shuffled[n_train : n_train + n_val]),
+        "test": np.sort(shuffled[n_train + n_val :]),
+    }
+
+
+def channel_stats(images: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation (float64 accumulation, chunked)."""
+    c = images.shape[1]
+    total = np.zeros(c)
+    total_sq = np.zeros(c)
+    count = 0
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].astype(np.float64)
+        total += block.sum(axis=(0, 2, 3))
+        total_sq += (block**2).sum(axis=(0, 2, 3))
+        count += block.shape[0] * block.shape[2] * block.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return mean, np.where(std > 0, std, 1.0)
+
+
+class DomainAdaptationDataModule(pl.LightningDataModule):
+    """Source (labelled) and target (unlabelled in training) domains, split by galaxy.
+
+    Args:
+        source_path, target_path: domain HDF5 files.
+        name: data-set name used in results and folder names.
+        simulate: ``{preset, seed, workers}`` to make the files with ``galda.simulate`` when
+            absent; ``None`` for imported data (a missing file is then an error).
+        batch_size: images per domain per step (the paper: 128 + 128).
+        split_seed: seed of the galaxy split; independent of the training seed.
+        split_fractions: train / val / test fractions of galaxies (paper: 0.7 / 0.1 / 0.2).
+        num_workers: DataLoader worker processes (0 is fastest for in-memory tensors).
+        on_device: move the normalised tensors to the accelerator once (GPU runs).
+        channels_last: store images in channels-last memory format.
+        target_labels_in_training: expose target labels to training (oracle only).
+        missing_hint: text shown when a file is missing (how to obtain and ingest it).
+    """
+
+    def __init__(
+        self,
+        source_path: str,
+        target_path: str,
+        name: str = "data",
+        simulate: dict | None = None,
+        batch_size: int = 128,
+        split_seed: int = 0,
+        split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
+        num_workers: int = 0,
+        on_device: bool = False,
+        channels_last: bool = False,
+        target_labels_in_training: bool = False,
+        missing_hint: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.paths = {"source": Path(source_path), "target": Path(target_path)}
+        self.name = name
+        self.simulate = dict(simulate) if simulate else None
+        self.batch_size = int(batch_size)
+        self.split_seed = int(split_seed)
+        self.split_fractions = tuple(float(f) for f in split_fractions)
+        self.num_workers = int(num_workers)
+        self.on_device = bool(on_device)
+        self.channels_last = bool(channels_last)
+        self.target_labels_in_training = bool(target_labels_in_training)
+        self.missing_hint = missing_hint
+        self.datasets: dict[str, dict[str, ArrayDataset]] = {}
+        self.stats: dict[str, dict[str, list[float]]] = {}
+        self.split_sizes: dict[str, dict[str, int]] = {}
+
+    # -- preparation ----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Make the simulated files on first use (runs on one process only)."""
+        missing = [p for p in self.paths.values() if not p.exists()]
+        if not missing:
+            return
+        if self.simulate is None:
+            hint = f"\n{self.missing_hint.strip()}" if self.missing_hint else ""
+            raise DataMissingError(
+                f"data set '{self.name}': file not found: {missing[0]} "
+                f"(looked in {missing[0].parent}; set paths.data_dir or GALDA_DATA_DIR "
+                f"to move the data directory){hint}"
+            )
+        from galda.simulate import simulate_domains
+
+        out = self.paths["source"].parent
+        if self.paths["target"].parent != out:
+            raise GaldaError("simulated source and target files must share one folder")
+        log.info("Simulating data set '%s' into %s (first use; cached afterwards)", self.name, out)
+        simulate_domains(out=out, progress=True, **self.simulate)
+
+    def _load(self, domain: str) -> DomainData:
+        try:
+            return read_domain(self.paths[domain])
+        except DataFormatError as err:
+            raise GaldaError(str(err)) from err
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.prepare_data() if not all(p.exists() for p in self.paths.values()) else None
+        data = {d: self._load(d) for d in DOMAINS}
+        shapes = {d: data[d].images.shape[1:] for d in DOMAINS}
+        if shapes["source"] != shapes["target"]:
+            raise GaldaError(
+                f"image shapes differ between domains: {self.paths['source']} has "
+                f"{tuple(shapes['source'])}, {self.paths['target']} has {tuple(shapes['target'])}"
+            )
+        if data["source"].labels is None:
+            raise GaldaError(f"{self.paths['source']}: the source domain must have labels")
+        ids = np.concatenate([data[d].galaxy_id for d in DOMAINS])
+        split = split_galaxies(ids, self.split_fractions, self.split_seed)
+        device = self._device()
+        for domain in DOMAINS:
+            dd = data[domain]
+            masks = {s: np.isin(dd.galaxy_id, split[s]) for s in SPLITS}
+            train_images = dd.images[masks["train"]]
+            if len(train_images) == 0:
+                raise GaldaError(f"{self.paths[domain]}: no images in the training split")
+            mean, std = channel_stats(train_images)
+            self.stats[domain] = {"mean": mean.tolist(), "std": std.tolist()}
+            images = torch.from_numpy(dd.images)
+            images = (images - torch.tensor(mean, dtype=torch.float32)[None, :, None, None]) / (
+                torch.tensor(std, dtype=torch.float32)[None, :, None, None]
+            )
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = torch.from_numpy(dd.labels) if dd.labels is not None else None
+            self.datasets[domain] = {}
+            self.split_sizes[domain] = {}
+            for s in SPLITS:
+                idx = torch.from_numpy(np.flatnonzero(masks[s]))
+                x = images[idx].to(device)
+                y = labels[idx].to(device) if labels is not None else None
+                if s == "train" and domain == "target" and not self.target_labels_in_training:
+                    y = None  # target labels never reach training
+                self.datasets[domain][s] = ArrayDataset(x, y)
+                self.split_sizes[domain][s] = int(len(idx))
+        log.info("Split by galaxy (split_seed=%d): %s", self.split_seed, self.split_sizes)
+
+    def _device(self) -> torch.device:
+        if not self.on_device:
+            return torch.device("cpu")
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.strategy.root_device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    @property
+    def eval_domains(self) -> list[str]:
+        """Domains with labels in the evaluation splits, in loader order."""
+        return [d for d in DOMAINS if self.datasets[d]["test"].labels is not None]
+
+    # -- loaders --------------------------------------------------------------------------
+    def _loader(self, dataset: ArrayDataset, shuffle: bool, drop_last: bool) -> DataLoader:
+        on_cpu = dataset.images.device.type == "cpu"
+        workers = self.num_workers if on_cpu else 0
+        return DataLoader(
+            dataset,
+            batch_size=min(self.batch_size, len(dataset)),
+            shuffle=shuffle,
+            drop_last=drop_last,
+            collate_fn=identity_collate,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=on_cpu and torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> CombinedLoader:
+        loaders = {d: self._loader(self.datasets[d]["train"], True, True) for d in DOMAINS}
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def val_dataloader(self) -> dict[str, DataLoader]:
+        return {d: self._loader(self.datasets[d]["val"], False, False) for d in self.eval_domains}
+
+    def test_dataloader(self) -> dict[str, DataLoader]:
+        return {d: self._loader(self.datasets[d]["test"], False, False) for d in self.eval_domains}
+
+    # Normalisation statistics travel with checkpoints so a saved model can be applied later.
+    def state_dict(self) -> dict[str, Any]:
+        return {"stats": self.stats, "split_seed": self.split_seed, "name": self.name}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.stats = state_dict.get("stats", self.stats)

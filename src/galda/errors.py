@@ -1,0 +1,6 @@
+"""The package's user-facing error type: caught by the command-line entry points, which print
+its message (naming the file or setting at fault) and exit non-zero without a traceback."""
+
+
+class GaldaError(Exception):
+    """A problem the user can fix: bad input, a missing file, an invalid setting."""

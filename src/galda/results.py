@@ -1,0 +1,122 @@
+"""The one results schema: every run writes ``results.json`` (and ``predictions.npz``) in its
+run folder; ``galda.report`` reads them back. Writes are atomic (temporary name, then rename).
+
+Keys: ``schema_version``, ``status`` ("complete" | "failed"), ``error``, ``data``, ``model``,
+``method``, ``seed``, ``uses_target_labels``, ``selection`` ({monitor, mode}), ``epochs_run``,
+``best_epoch``, ``wall_time_s``, ``device``, ``git_commit``, ``versions``, ``run_dir``,
+``checkpoint``, ``overrides``, flat metric keys ``test/{domain}/{metric}`` and
+``val/source/acc`` (the selection score), ``confusion`` ({domain: [[tn, fp], [fn, tp]]}),
+``predictions`` (file name).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+PREDICTIONS_FILE = "predictions.npz"
+METRICS = ("acc", "precision", "recall", "f1", "brier", "auroc")
+IDENTITY_KEYS = ("data", "model", "method", "seed")
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
+    """Write ``payload`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, float) and value != value:  # NaN → null keeps the JSON standard
+        return None
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_results(run_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
+    """Write ``results.json`` atomically; fills in ``schema_version``."""
+    payload = {"schema_version": SCHEMA_VERSION, **results}
+    text = json.dumps(_jsonable(payload), indent=2, sort_keys=False) + "\n"
+    return atomic_write_bytes(Path(run_dir) / RESULTS_FILE, text.encode())
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read one ``results.json`` (a file or a run folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def is_complete(run_dir: str | os.PathLike) -> bool:
+    """True when the run folder holds a complete results file (used to skip finished jobs)."""
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.exists():
+        return False
+    try:
+        res = read_results(path)
+    except (OSError, json.JSONDecodeError):
+        return False
+    return res.get("status") == "complete" and "test/source/acc" in res
+
+
+def write_predictions(run_dir: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Save test-set probabilities and labels (``{domain}_probs``, ``{domain}_labels``)."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return atomic_write_bytes(Path(run_dir) / PREDICTIONS_FILE, buf.getvalue())
+
+
+def git_commit() -> str | None:
+    """The commit of the galda source tree, when it is a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def package_versions() -> dict[str, str]:
+    names = ("galda", "torch", "torchvision", "pytorch-lightning", "hydra-core", "torchmetrics",
+             "numpy", "h5py", "galsim")
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
