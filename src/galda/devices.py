@@ -37,3 +37,44 @@ def trainer_device_overrides(pin_devices: bool) -> dict[str, Any]:
     if index is None:
         return {}  # CPU: the jobs simply run in parallel processes
     return {"accelerator": "gpu", "devices": [index]}
+
+
+def parallel_jobs() -> int:
+    """How many jobs a local parallel sweep runs at once: one per GPU, else one per core (≤ 4)."""
+    import os
+
+    import torch
+
+    n_gpus = torch.cuda.device_count()
+    return n_gpus if n_gpus > 0 else max(1, min(4, os.cpu_count() or 1))
+
+
+def launcher_is_parallel_local() -> bool:
+    """True inside a job started by the joblib launcher or submitit's local executor."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        target = str(HydraConfig.get().launcher.get("_target_", ""))
+    except ValueError:
+        return False
+    return "Joblib" in target or "LocalLauncher" in target
+
+
+def configure_job_resources(pin_devices: bool | str) -> dict[str, Any]:
+    """Pin this job to its GPU (or share the CPU cores) under a parallel local launcher.
+
+    ``pin_devices``: ``True``, ``False`` or ``"auto"`` (pin when a parallel local launcher runs
+    the job). Returns Trainer keyword overrides.
+    """
+    if str(pin_devices).lower() == "auto":
+        pin_devices = launcher_is_parallel_local()
+    if not pin_devices or str(pin_devices).lower() == "false":
+        return {}
+    import os
+
+    import torch
+
+    overrides = trainer_device_overrides(True)
+    if not overrides:  # CPU: split the cores between the concurrent jobs
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel_jobs()))
+    return overrides

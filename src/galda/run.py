@@ -15,11 +15,14 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from galda.devices import parallel_jobs
 from galda.errors import GaldaError
 
 log = logging.getLogger("galda")
+
+OmegaConf.register_new_resolver("galda_parallel_jobs", parallel_jobs, replace=True)
 
 
 def find_config_dir() -> Path:

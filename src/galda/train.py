@@ -19,7 +19,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from galda import results as res
-from galda.devices import trainer_device_overrides
+from galda.devices import configure_job_resources
 from galda.errors import GaldaError
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks=callbacks,
         logger=loggers or False,
         _convert_="partial",
-        **trainer_device_overrides(bool(cfg.get("pin_devices", False))),
+        **configure_job_resources(cfg.get("pin_devices", "auto")),
     )
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -1,0 +1,345 @@
+"""Find ``results.json`` files, read them, and aggregate runs over seeds.
+
+Groups are keyed by (data, model, method, uses_target_labels): a run that used target labels (the
+oracle, or target-label checkpoint selection) is never averaged with label-free runs of the same
+method. Per group and seed the newest complete run is used; a seed with only failed runs is
+*failed*; an expected seed with no results at all is *missing*. Both are named in the notes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+RESULTS_FILE = "results.json"
+DOMAINS = ("source", "target")
+METRICS = ("acc", "precision", "recall", "f1", "brier", "auroc")
+
+METHOD_ORDER = ("baseline", "mmd", "dann")
+METHOD_LABELS = {
+    "baseline": "No domain adaptation",
+    "mmd": "MMD",
+    "dann": "Adversarial (DANN)",
+    "oracle": "Oracle (trained with target labels)",
+}
+MODEL_ORDER = ("deepmerge", "resnet18")
+MODEL_LABELS = {"deepmerge": "DeepMerge", "resnet18": "ResNet18"}
+METRIC_LABELS = {
+    "acc": "Accuracy",
+    "precision": "Precision",
+    "recall": "Recall",
+    "f1": "F1",
+    "brier": "Brier",
+    "auroc": "AUC",
+}
+
+TARGET_LABEL_MARK = "‡"
+INCOMPLETE_MARK = "†"
+
+# overrides that legitimately differ between seeds of one group
+_SEED_LIKE = re.compile(r"^\+*(seed|hydra\.|paths\.|logger|trainer\.devices|trainer\.accelerator)")
+
+
+@dataclass
+class Run:
+    path: Path  # the results.json
+    data: str
+    model: str
+    method: str
+    seed: int | None
+    status: str
+    error: str | None
+    uses_target_labels: bool
+    metrics: dict[tuple[str, str], float]
+    raw: dict[str, Any]
+    mtime: float
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def predictions_path(self) -> Path | None:
+        name = self.raw.get("predictions")
+        if not name:
+            return None
+        p = Path(name)
+        p = p if p.is_absolute() else self.run_dir / p
+        return p if p.is_file() else None
+
+    @property
+    def config_overrides(self) -> tuple[str, ...]:
+        ov = self.raw.get("overrides") or []
+        return tuple(sorted(str(o) for o in ov if not _SEED_LIKE.match(str(o))))
+
+
+def _float(value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return v if math.isfinite(v) else math.nan
+
+
+def _seed(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def find_results(dirs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every ``results.json`` under the folders (recursively; a file path is taken as is)."""
+    found: dict[Path, None] = {}
+    for d in dirs:
+        d = Path(d)
+        if d.is_file():
+            found[d.resolve()] = None
+            continue
+        for root, subdirs, files in os.walk(d, followlinks=False):
+            subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
+            if RESULTS_FILE in files:
+                found[(Path(root) / RESULTS_FILE).resolve()] = None
+    return sorted(found)
+
+
+def load_run(path: Path) -> Run:
+    """Read one results.json into a :class:`Run` (raises ValueError on an unusable file)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    missing = [k for k in ("data", "model", "method") if not raw.get(k)]
+    if missing:
+        raise ValueError(f"{path}: missing {', '.join(missing)}")
+    method = str(raw["method"])
+    status = str(raw.get("status") or "unknown")
+    metrics = {
+        (dom, m): _float(raw.get(f"test/{dom}/{m}")) for dom in DOMAINS for m in METRICS
+    }
+    if status == "complete" and math.isnan(metrics[("source", "acc")]):
+        status, raw = "incomplete", {**raw, "error": raw.get("error") or "no test/source/acc"}
+    return Run(
+        path=path,
+        data=str(raw["data"]),
+        model=str(raw["model"]),
+        method=method,
+        seed=_seed(raw.get("seed")),
+        status=status,
+        error=None if raw.get("error") is None else str(raw.get("error")),
+        uses_target_labels=bool(raw.get("uses_target_labels")) or method == "oracle",
+        metrics=metrics,
+        raw=raw,
+        mtime=path.stat().st_mtime,
+    )
+
+
+def load_runs(dirs: Iterable[str | os.PathLike]) -> tuple[list[Run], list[str]]:
+    """All readable runs under ``dirs`` and a list of problems with unreadable files."""
+    runs, problems = [], []
+    for p in find_results(dirs):
+        try:
+            runs.append(load_run(p))
+        except ValueError as exc:
+            problems.append(str(exc))
+    return runs, problems
+
+
+def parse_seeds(text: str | Iterable[int] | None) -> list[int] | None:
+    """``"1-10"``, ``"1,2,5"``, ``"1-3,7"`` or ``"1 2 3"`` → sorted seed list (None → None)."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return sorted({int(s) for s in text})
+    seeds: set[int] = set()
+    for part in re.split(r"[,\s]+", text.strip()):
+        if not part:
+            continue
+        m = re.fullmatch(r"(-?\d+)\s*(?:-|\.\.|:)\s*(-?\d+)", part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise ValueError(f"bad seed range {part!r}")
+            seeds.update(range(lo, hi + 1))
+        elif re.fullmatch(r"-?\d+", part):
+            seeds.add(int(part))
+        else:
+            raise ValueError(f"bad seed list {text!r} (use e.g. 1-10 or 1,2,3)")
+    if not seeds:
+        raise ValueError("empty seed list")
+    return sorted(seeds)
+
+
+@dataclass
+class Stat:
+    mean: float
+    std: float  # sample std (ddof=1); nan when n < 2
+    n: int
+    seeds: list[int]
+
+
+@dataclass
+class Group:
+    data: str
+    model: str
+    method: str
+    uses_target_labels: bool
+    runs: list[Run] = field(default_factory=list)
+    used: list[Run] = field(default_factory=list)  # one complete run per seed, averaged
+    failed: dict[int | None, str] = field(default_factory=dict)  # seed -> error
+    missing: list[int] = field(default_factory=list)
+    ignored: list[int] = field(default_factory=list)  # seeds outside the expected list
+    duplicates: dict[int, int] = field(default_factory=dict)  # seed -> number of complete runs
+    stats: dict[tuple[str, str], Stat] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, str, bool]:
+        return (self.data, self.model, self.method, self.uses_target_labels)
+
+    @property
+    def method_label(self) -> str:
+        return method_label(self.method, self.uses_target_labels)
+
+    @property
+    def incomplete(self) -> bool:
+        return bool(self.missing or self.failed)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(r.seed for r in self.used if r.seed is not None)
+
+
+def method_label(method: str, uses_target_labels: bool) -> str:
+    label = METHOD_LABELS.get(method, method)
+    if uses_target_labels:
+        if method != "oracle":
+            label += " (uses target labels)"
+        label += f" {TARGET_LABEL_MARK}"
+    return label
+
+
+def model_label(model: str) -> str:
+    return MODEL_LABELS.get(model, model)
+
+
+def _order(value: str, order: tuple[str, ...]) -> tuple[int, str]:
+    return (order.index(value), "") if value in order else (len(order), value)
+
+
+def method_sort_key(method: str, uses_target_labels: bool) -> tuple:
+    # label-free methods in the paper's order, then unknown methods, then anything with target labels
+    return (uses_target_labels, method == "oracle", _order(method, METHOD_ORDER))
+
+
+def model_sort_key(model: str) -> tuple[int, str]:
+    return _order(model, MODEL_ORDER)
+
+
+def _stat(values: list[tuple[int | None, float]]) -> Stat:
+    vals = [(s, v) for s, v in values if not math.isnan(v)]
+    arr = np.array([v for _, v in vals], dtype=float)
+    n = arr.size
+    mean = float(arr.mean()) if n else math.nan
+    std = float(arr.std(ddof=1)) if n > 1 else math.nan
+    return Stat(mean=mean, std=std, n=n, seeds=sorted(s for s, _ in vals if s is not None))
+
+
+def _fmt_seeds(seeds: Iterable[int | None]) -> str:
+    return ", ".join("?" if s is None else str(s) for s in sorted(seeds, key=lambda s: (s is None, s or 0)))
+
+
+def aggregate(runs: list[Run], expected_seeds: list[int] | None = None) -> list[Group]:
+    """Group runs by (data, model, method, uses_target_labels) and average over seeds.
+
+    ``expected_seeds``: the seeds every group should have; None → per data set, the union of the
+    seeds seen in any of its groups (complete or failed).
+    """
+    groups: dict[tuple, Group] = {}
+    for r in runs:
+        key = (r.data, r.model, r.method, r.uses_target_labels)
+        groups.setdefault(key, Group(*key)).runs.append(r)
+
+    expected: dict[str, set[int]] = {}
+    for g in groups.values():
+        if expected_seeds is not None:
+            expected[g.data] = set(expected_seeds)
+        else:
+            expected.setdefault(g.data, set()).update(r.seed for r in g.runs if r.seed is not None)
+
+    for g in groups.values():
+        exp = expected[g.data]
+        by_seed: dict[int | None, list[Run]] = {}
+        for r in g.runs:
+            by_seed.setdefault(r.seed, []).append(r)
+        for seed, rs in sorted(by_seed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+            if seed is not None and expected_seeds is not None and seed not in exp:
+                g.ignored.append(seed)
+                continue
+            done = sorted((r for r in rs if r.complete), key=lambda r: r.mtime)
+            if seed is None:  # cannot tell seeds apart: count each run, but say so
+                g.used.extend(done)
+                if done:
+                    g.notes.append(f"{len(done)} complete run(s) without a seed: "
+                                   + "; ".join(str(r.run_dir) for r in done))
+                for r in rs:
+                    if not r.complete:
+                        g.failed[None] = r.error or r.status
+                continue
+            if done:
+                g.used.append(done[-1])
+                if len(done) > 1:
+                    g.duplicates[seed] = len(done)
+            else:
+                newest = max(rs, key=lambda r: r.mtime)
+                g.failed[seed] = newest.error or newest.status
+        g.missing = sorted(exp - {r.seed for r in g.runs if r.seed is not None})
+
+        for dom in DOMAINS:
+            for m in METRICS:
+                g.stats[(dom, m)] = _stat([(r.seed, r.metrics[(dom, m)]) for r in g.used])
+
+        # notes, most important first
+        if g.missing:
+            g.notes.append(f"seed(s) {_fmt_seeds(g.missing)} missing (no results.json)")
+        for seed, err in sorted(g.failed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+            first = (err or "").strip().splitlines()[0][:160] if err else "no error message"
+            g.notes.append(f"seed {'?' if seed is None else seed} failed: {first}")
+        for seed, k in sorted(g.duplicates.items()):
+            g.notes.append(f"seed {seed}: {k} complete results found, the newest is used")
+        if g.ignored:
+            g.notes.append(f"seed(s) {_fmt_seeds(g.ignored)} outside the expected seeds, ignored")
+        n_src = g.stats[("source", "acc")].n
+        n_tgt = g.stats[("target", "acc")].n
+        if g.used and n_tgt < n_src:
+            g.notes.append(f"target accuracy available for {n_tgt} of {n_src} runs "
+                           "(target labels absent)")
+        configs = {r.config_overrides for r in g.used}
+        if len(configs) > 1:
+            shown = " | ".join(" ".join(c) or "(defaults)" for c in sorted(configs))
+            g.notes.append(f"averaged runs differ in configuration: {shown}")
+        commits = {r.raw.get("git_commit") for r in g.used if r.raw.get("git_commit")}
+        if len(commits) > 1:
+            g.notes.append(f"runs come from {len(commits)} different git commits")
+        if g.uses_target_labels:
+            g.notes.append("trained or selected WITH target labels: a ceiling, "
+                           "not a domain-adaptation result")
+
+    return sorted(
+        groups.values(),
+        key=lambda g: (g.data, model_sort_key(g.model), method_sort_key(g.method, g.uses_target_labels)),
+    )

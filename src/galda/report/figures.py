@@ -1,0 +1,190 @@
+"""Figure 1: per model, bars of accuracy, precision, recall, F1, Brier and AUC per method (source
+hatched, target solid; error bars = sample std over seeds; values labelled), and ROC curves (mean
+over seeds, vertical averaging) with the AUC in the legend."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import _atomic
+from .collect import (
+    METRIC_LABELS,
+    METRICS,
+    Group,
+    method_label,
+    method_sort_key,
+    model_label,
+    model_sort_key,
+)
+
+COLORS = {"baseline": "navy", "mmd": "darkviolet", "dann": "darkorange", "oracle": "grey"}
+_EXTRA = ["tab:green", "tab:brown", "tab:cyan", "tab:olive", "tab:pink", "tab:red"]
+SOURCE_HATCH = "////"
+FPR_GRID = np.linspace(0.0, 1.0, 201)
+
+
+def method_color(method: str, uses_target_labels: bool, extra_index: int = 0) -> str:
+    if method in COLORS:
+        return COLORS[method]
+    if uses_target_labels:
+        return "dimgrey"
+    return _EXTRA[extra_index % len(_EXTRA)]
+
+
+def _load_predictions(path: Path, domain: str) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        with np.load(path) as z:
+            if f"{domain}_probs" not in z or f"{domain}_labels" not in z:
+                return None
+            p = np.asarray(z[f"{domain}_probs"], dtype=float).reshape(-1)
+            y = np.asarray(z[f"{domain}_labels"]).reshape(-1).astype(int)
+    except (OSError, ValueError, KeyError):
+        return None
+    if p.size == 0 or p.size != y.size or len(np.unique(y)) < 2 or not np.isfinite(p).all():
+        return None
+    return p, y
+
+
+def mean_roc(group: Group, domain: str) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Mean ROC over the group's seeds (tpr interpolated on a common fpr grid), and the number of
+    runs whose predictions were usable."""
+    from galda.metrics import binary_roc
+
+    curves = []
+    for r in group.used:
+        path = r.predictions_path
+        loaded = _load_predictions(path, domain) if path else None
+        if loaded is None:
+            continue
+        fpr, tpr = binary_roc(*loaded)
+        # at repeated fpr keep the upper point (ROC is a step function)
+        interp = np.interp(FPR_GRID, fpr, tpr, left=0.0, right=1.0)
+        interp[0] = 0.0
+        curves.append(interp)
+    if not curves:
+        return None
+    mean = np.mean(curves, axis=0)
+    mean[-1] = 1.0
+    return FPR_GRID, mean, len(curves)
+
+
+def _auc_text(group: Group, domain: str, curve: tuple | None) -> str:
+    st = group.stats[(domain, "auroc")]
+    if st.n and not math.isnan(st.mean):
+        return f"{st.mean:.3f}" + (f" ± {st.std:.3f}" if st.n > 1 else "")
+    if curve is not None:
+        return f"{float(np.trapezoid(curve[1], curve[0])):.3f}"
+    return "n/a"
+
+
+def draw_figure1(groups: list[Group], data: str):
+    """Build the matplotlib Figure for one data set (groups of that data set only)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Patch
+
+    gs = [g for g in groups if g.data == data]
+    models = sorted({g.model for g in gs}, key=model_sort_key)
+    rows = sorted({(g.method, g.uses_target_labels) for g in gs}, key=lambda k: method_sort_key(*k))
+    extra = {k: i for i, k in enumerate(k for k in rows if k[0] not in COLORS)}
+    colors = {k: method_color(k[0], k[1], extra.get(k, 0)) for k in rows}
+    idx = {(g.model, g.method, g.uses_target_labels): g for g in gs}
+
+    n_bars = 2 * len(rows)
+    width = 0.86 / max(n_bars, 1)
+    fig = plt.figure(figsize=(16, 5.2 * len(models)), constrained_layout=True)
+    grid = fig.add_gridspec(len(models), 2, width_ratios=[3.3, 1.15])
+    fig.suptitle(f"Figure 1 — test metrics and ROC curves, data: {data} "
+                 "(mean ± sample std over seeds)", fontsize=13)
+
+    for i, model in enumerate(models):
+        ax = fig.add_subplot(grid[i, 0])
+        x = np.arange(len(METRICS), dtype=float)
+        j = 0
+        for key in rows:
+            g = idx.get((model, *key))
+            for dom in ("source", "target"):
+                offset = (j - (n_bars - 1) / 2) * width
+                j += 1
+                if g is None:
+                    continue
+                means = np.array([g.stats[(dom, m)].mean for m in METRICS])
+                stds = np.array([g.stats[(dom, m)].std for m in METRICS])
+                errs = np.where(np.isfinite(stds), stds, 0.0)
+                c = colors[key]
+                kw = (dict(facecolor=to_rgba(c, 0.22), edgecolor=c, hatch=SOURCE_HATCH, linewidth=0.9)
+                      if dom == "source" else dict(facecolor=c, edgecolor=c, linewidth=0.9))
+                heights = np.nan_to_num(means, nan=0.0)
+                ax.bar(x + offset, heights, width, yerr=errs, capsize=1.5,
+                       error_kw=dict(elinewidth=0.7, ecolor="black"), **kw)
+                for xi, mval, e in zip(x + offset, means, errs):
+                    if math.isnan(mval):
+                        ax.text(xi, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
+                        continue
+                    ax.text(xi, mval + e + 0.012, f"{mval:.2f}", rotation=90, ha="center",
+                            va="bottom", fontsize=6.5)
+        ax.set_xticks(x)
+        ax.set_xticklabels([METRIC_LABELS[m] + (" (lower is better)" if m == "brier" else "")
+                            for m in METRICS], fontsize=10)
+        ax.set_ylim(0, 1.22)
+        ax.set_yticks(np.linspace(0, 1, 6))
+        ax.set_ylabel("score")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        n_seeds = sorted({g.stats[("source", "acc")].n for k, g in idx.items() if k[0] == model})
+        ax.set_title(f"{model_label(model)} (seeds per bar: {', '.join(map(str, n_seeds))})",
+                     loc="left", fontsize=11)
+        handles = [Patch(facecolor=colors[k], edgecolor=colors[k], label=method_label(*k))
+                   for k in rows]
+        handles += [Patch(facecolor="white", edgecolor="black", hatch=SOURCE_HATCH, label="source"),
+                    Patch(facecolor="black", edgecolor="black", label="target")]
+        ax.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8.5,
+                  frameon=False, bbox_to_anchor=(0.5, 1.0), handlelength=1.6, columnspacing=1.2)
+
+        rax = fig.add_subplot(grid[i, 1])
+        rax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
+        for key in rows:
+            g = idx.get((model, *key))
+            if g is None:
+                continue
+            for dom, ls in (("source", "--"), ("target", "-")):
+                curve = mean_roc(g, dom)
+                if curve is None:
+                    continue
+                fpr, tpr, n = curve
+                rax.plot(fpr, tpr, ls=ls, color=colors[key], lw=1.5,
+                         label=f"{g.method_label}, {dom}: AUC {_auc_text(g, dom, curve)}")
+        rax.set_xlim(0, 1)
+        rax.set_ylim(0, 1.01)
+        rax.set_aspect("equal")
+        rax.set_xlabel("false positive rate")
+        rax.set_ylabel("true positive rate")
+        rax.set_title(f"ROC, {model_label(model)} (dashed = source)", fontsize=11)
+        if rax.get_legend_handles_labels()[0]:
+            rax.legend(loc="lower right", fontsize=6.5, frameon=True, framealpha=0.85)
+        else:
+            rax.text(0.5, 0.5, "no predictions.npz", ha="center", va="center",
+                     transform=rax.transAxes, color="grey")
+    return fig
+
+
+def write_figure1(groups: list[Group], out: Path, data: str, stem: str = "figure1") -> list[Path]:
+    """Draw Figure 1 for one data set and write ``{stem}.png`` and ``{stem}.pdf`` atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_figure1(groups, data)
+    try:
+        paths = [_atomic.savefig(fig, Path(out) / f"{stem}.png", dpi=150),
+                 _atomic.savefig(fig, Path(out) / f"{stem}.pdf")]
+    finally:
+        plt.close(fig)
+    return paths
+
+
+__all__ = ["COLORS", "draw_figure1", "mean_roc", "write_figure1", "method_color"]

@@ -1,0 +1,464 @@
+"""Physical model of the embedded benchmark: what a stamp contains and how it is rendered.
+
+Every number below is a documented choice; see ``docs/simulator.md`` for the full table and the
+reasoning (FACTS = ``shared/reference/FACTS.md``, section "Physics of the images").
+
+Instrument (FACTS):
+- bands in this channel order: ACS F814W, NIRCam F356W, WFC3 F160W (the order the paper names them);
+- 75 x 75 stamps at 0.125"/pixel (the real images were resampled from 0.03-0.065" native pixels to a
+  ~9" field of view);
+- PSF per band: Moffat (beta = 3) cores of FWHM 0.13" / 0.18" / 0.20" plus faint diffraction spikes
+  (2 % of the light in thin bars: 4 spikes for the HST bands, 6 for JWST F356W).
+
+Galaxies at z ~ 2 (FACTS):
+- star-forming: Sersic discs, n = 0.6-1.8, half-light radius 0.15-0.6" (1-4 kpc), clumpy star formation
+  as ``galsim.RandomKnots`` carrying 5-25 % of the F160W light (bluer than the disc), optional red bulge;
+- quiescent: Sersic spheroids, n = 2.5-4.5, with an optional faint disc;
+- shapes from a random 3-D orientation (thin-disc / oblate-spheroid projection), colours per galaxy.
+
+Fluxes are physical: AB magnitudes, pixel values in nJy (AB zero point 31.4). The target domain adds
+Gaussian sky noise of a 25 mag/arcsec^2 surface-brightness limit, read as "1 sigma of the sky in a
+1 arcsec^2 aperture" (see :func:`noise_sigma_per_pixel`).
+
+Mergers: a primary and a companion at flux ratio 0.1-1 (F160W), 3-D separations from a close double
+nucleus (0.05-0.4") to 3", or a coalesced remnant; tidal tails, bridges and shells carry 10-30 % of the
+light. Non-mergers (and mergers) have an unrelated projected neighbour with a physically motivated
+probability, drawn at a different "redshift" (independent colour and size), so two blobs alone do not
+decide the class.
+
+A system is defined in 3-D (disc normals, companion offset, tidal debris in the orbital plane); each
+camera *view* is a random rotation of it, so views share one ``galaxy_id`` but differ in projected
+separation, inclination and position angle.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import galsim
+import numpy as np
+
+# ---------------------------------------------------------------- instrument -----------------------
+BAND_NAMES: tuple[str, ...] = ("F814W", "F356W", "F160W")
+PSF_FWHM_ARCSEC: tuple[float, ...] = (0.13, 0.18, 0.20)
+PSF_MOFFAT_BETA = 3.0
+SPIKE_FRACTION = 0.02  # fraction of PSF light in diffraction spikes
+SPIKE_ANGLES_DEG: tuple[tuple[float, ...], ...] = ((45.0, 135.0), (0.0, 60.0, 120.0), (45.0, 135.0))
+SPIKE_LENGTH_ARCSEC = 0.35  # Gaussian sigma along a spike
+SPIKE_AXIS_RATIO = 0.06
+PIXEL_SCALE_ARCSEC = 0.125
+STAMP_PIXELS = 75
+AB_ZEROPOINT_NJY = 31.4  # m_AB = 31.4 - 2.5 log10(f / nJy)
+SB_LIMIT_MAG_ARCSEC2 = 25.0
+SB_LIMIT_CONVENTION = "1 sigma sky noise in a 1 arcsec^2 aperture"
+FLUX_UNIT = "nJy/pixel"
+
+GSPARAMS = galsim.GSParams(folding_threshold=1e-2, maxk_threshold=2e-3)
+
+# ---------------------------------------------------------------- population -----------------------
+P_QUIESCENT = 0.35  # quiescent fraction of massive z~2 primaries
+MAG_RANGE_F160W = (21.0, 24.0)  # primary total F160W magnitude range
+MAG_COUNT_SLOPE = 0.3  # dN/dm ~ 10^(0.3 m): more faint than bright galaxies
+P_NEIGHBOUR = 0.35  # chance of an unrelated projected neighbour in a 9" stamp
+NEIGHBOUR_RADIUS_ARCSEC = (0.6, 4.2)
+MERGER_STAGES = ("wide", "close", "nucleus", "post")
+MERGER_STAGE_WEIGHTS = (0.30, 0.30, 0.25, 0.15)
+STAGE_SEPARATION_3D = {  # arcsec, 3-D separation range per stage
+    "wide": (1.2, 3.0),
+    "close": (0.4, 1.2),
+    "nucleus": (0.05, 0.4),
+    "post": (0.0, 0.0),
+}
+FLUX_RATIO_RANGE = (0.1, 1.0)
+TIDAL_FRACTION_RANGE = (0.10, 0.30)
+SERSIC_N_STEP = 0.1  # Sersic indices are drawn on a 0.1 grid so GalSim's profile tables are reused
+
+PARAM_NAMES: tuple[str, ...] = (
+    *(f"flux_{b}" for b in BAND_NAMES),  # total flux in the stamp, nJy
+    *(f"mag_{b}" for b in BAND_NAMES),  # primary galaxy (merger: primary + companion) AB magnitude
+    "half_light_radius_arcsec",  # primary's main component
+    "sersic_n",  # primary's main component
+    "axis_ratio",  # primary's main component in this view
+    "quiescent",  # primary is quiescent (1) or star-forming (0)
+    "n_components",  # light components in the stamp (Sersic profiles, knot sets, tidal features)
+    "n_galaxies",  # galaxies in the stamp (primary, companion, neighbour)
+    "flux_ratio",  # merger: companion / primary in F160W; NaN for non-mergers
+    "separation_arcsec",  # merger: projected separation in this view (0 = coalesced); NaN otherwise
+    "tidal_fraction",  # merger: fraction of the light in tidal features; NaN otherwise
+    "merger_stage",  # 0 wide, 1 close, 2 double nucleus, 3 post-merger; NaN for non-mergers
+    "has_neighbour",  # unrelated projected neighbour present (0/1)
+    "neighbour_flux_ratio",  # neighbour / primary in F160W; NaN when absent
+    "neighbour_separation_arcsec",  # NaN when absent
+    "view",  # camera view index
+)
+
+
+def mag_to_njy(mag: float | np.ndarray) -> float | np.ndarray:
+    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=float) - AB_ZEROPOINT_NJY))
+
+
+def noise_sigma_per_pixel(
+    sb_limit: float = SB_LIMIT_MAG_ARCSEC2, pixel_scale: float = PIXEL_SCALE_ARCSEC
+) -> float:
+    """Per-pixel Gaussian sigma (nJy) for a 1-sigma-per-arcsec^2 surface-brightness limit.
+
+    The sky noise summed over a 1 arcsec^2 aperture (1/pixel_scale^2 pixels) equals the flux of a
+    ``sb_limit`` mag source: sigma_ap = sigma_pix / pixel_scale = F(sb_limit) * 1 arcsec^2, so
+    sigma_pix = F(sb_limit) * pixel_scale. For 25 mag/arcsec^2 and 0.125" pixels: 45.4 nJy.
+    """
+    return float(mag_to_njy(sb_limit)) * pixel_scale
+
+
+# ---------------------------------------------------------------- PSFs -----------------------------
+_PSF_CACHE: dict[int, galsim.GSObject] = {}
+
+
+def band_psf(band: int) -> galsim.GSObject:
+    """Moffat core plus faint diffraction spikes for band index ``band``."""
+    if band not in _PSF_CACHE:
+        core = galsim.Moffat(beta=PSF_MOFFAT_BETA, fwhm=PSF_FWHM_ARCSEC[band], gsparams=GSPARAMS)
+        angles = SPIKE_ANGLES_DEG[band]
+        bars = [
+            galsim.Gaussian(sigma=SPIKE_LENGTH_ARCSEC, gsparams=GSPARAMS)
+            .shear(q=SPIKE_AXIS_RATIO, beta=a * galsim.degrees)
+            .withFlux(SPIKE_FRACTION / len(angles))
+            for a in angles
+        ]
+        # spikes are convolved with the core so their width is set by the optics
+        spikes = galsim.Convolve(galsim.Sum(bars), core)
+        _PSF_CACHE[band] = galsim.Sum([core.withFlux(1.0 - SPIKE_FRACTION), spikes])
+    return _PSF_CACHE[band]
+
+
+# ---------------------------------------------------------------- system description --------------
+@dataclass
+class Component:
+    """One light component: a unit-flux shape (intrinsic, before projection) and flux per band."""
+
+    kind: str  # "sersic", "knots", "gauss"
+    flux: np.ndarray  # (3,) nJy
+    pos3d: np.ndarray  # (3,) arcsec, relative to the primary
+    hlr: float = 0.0  # half-light radius (sersic/knots) or sigma (gauss), arcsec
+    n: float = 1.0
+    normal: np.ndarray | None = None  # disc/spheroid symmetry axis (3-D unit vector)
+    q0: float = 1.0  # intrinsic thickness (axis ratio seen edge-on)
+    n_knots: int = 0
+    knot_seed: int = 0
+
+
+@dataclass
+class System:
+    label: int
+    components: list[Component] = field(default_factory=list)
+    scalars: dict[str, float] = field(default_factory=dict)
+    companion_pos: np.ndarray | None = None  # 3-D, merger only
+    neighbour_pos2d: np.ndarray | None = None  # sky plane, unrelated neighbour
+    neighbour_components: list[Component] = field(default_factory=list)
+    main: Component | None = None  # primary's main component (for params)
+
+
+def _unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.normal(size=3)
+    return v / np.linalg.norm(v)
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def _sersic_n(x: float) -> float:
+    return round(round(x / SERSIC_N_STEP) * SERSIC_N_STEP, 2)
+
+
+def _size_for_mag(mag: float, quiescent: bool, rng: np.random.Generator) -> float:
+    """z~2 size-luminosity relation: half-light radius 0.15-0.6" (1-4 kpc), quiescent ~1.6x smaller."""
+    base = 0.20 if quiescent else 0.32
+    r = base * 10 ** (-0.12 * (mag - 22.5)) * 10 ** rng.normal(0.0, 0.12)
+    return float(np.clip(r, 0.15, 0.45 if quiescent else 0.6))
+
+
+def _colours(quiescent: bool, rng: np.random.Generator) -> np.ndarray:
+    """AB colours relative to F160W, (F814W - F160W, F356W - F160W, 0).
+
+    z~2: F814W samples the rest-frame UV, F356W the rest-frame near-IR. Star-forming galaxies are blue
+    in F814W - F160W (0.4-1.4), quiescent ones red (1.8-3.0); both are brighter in F356W.
+    """
+    if quiescent:
+        return np.array([rng.uniform(1.8, 3.0), rng.uniform(-1.3, -0.7), 0.0])
+    return np.array([rng.uniform(0.4, 1.4), rng.uniform(-0.7, -0.2), 0.0])
+
+
+def _galaxy(
+    mag160: float,
+    quiescent: bool,
+    colours: np.ndarray,
+    pos: np.ndarray,
+    rng: np.random.Generator,
+    hlr: float | None = None,
+) -> tuple[list[Component], Component]:
+    """Components of one galaxy with total F160W magnitude ``mag160`` and the given colours."""
+    total = mag_to_njy(mag160 + colours)  # (3,) nJy
+    re = _size_for_mag(mag160, quiescent, rng) if hlr is None else hlr
+    normal = _unit(rng)
+    comps: list[Component] = []
+    if quiescent:
+        main = Component(
+            "sersic", np.zeros(3), pos, re, _sersic_n(rng.uniform(2.5, 4.5)), normal, rng.uniform(0.55, 0.9)
+        )
+        parts = [(main, np.ones(3))]
+        if rng.random() < 0.3:  # faint disc, bluer than the spheroid
+            dt = rng.uniform(0.1, 0.3)
+            disc = Component("sersic", np.zeros(3), pos, min(re * rng.uniform(1.5, 2.5), 0.9), 1.0, normal, 0.2)
+            parts.append((disc, dt * np.array([2.0, 0.8, 1.0])))
+    else:
+        main = Component(
+            "sersic", np.zeros(3), pos, re, _sersic_n(rng.uniform(0.6, 1.8)), normal, rng.uniform(0.15, 0.25)
+        )
+        parts = [(main, np.ones(3))]
+        fk = rng.uniform(0.05, 0.25)  # clumps: bluer than the disc (young stars)
+        knots = Component(
+            "knots", np.zeros(3), pos, re, 1.0, normal, main.q0,
+            n_knots=int(rng.integers(5, 26)), knot_seed=int(rng.integers(1, 2**31 - 1)),
+        )
+        parts.append((knots, fk * np.array([2.5, 0.6, 1.0])))
+        if rng.random() < 0.5:  # red bulge
+            bt = rng.uniform(0.05, 0.3)
+            bulge = Component(
+                "sersic", np.zeros(3), pos, max(0.1, re * rng.uniform(0.3, 0.5)),
+                _sersic_n(rng.uniform(2.5, 4.0)), normal, 0.7,
+            )
+            parts.append((bulge, bt * np.array([0.3, 1.4, 1.0])))
+    weights = np.array([w for _, w in parts])  # (k, 3)
+    weights = weights / weights.sum(axis=0, keepdims=True)
+    for (c, _), w in zip(parts, weights):
+        c.flux = total * w
+        comps.append(c)
+    return comps, main
+
+
+def _arc_points(
+    center: np.ndarray, r0: float, r1: float, phi0: float, dphi: float, spacing: float
+) -> np.ndarray:
+    """Points along a spiral arc in the orbital plane (2-D plane coordinates)."""
+    length = abs(dphi) * 0.5 * (r0 + r1) + abs(r1 - r0)
+    n = max(4, int(length / spacing))
+    t = np.linspace(0.0, 1.0, n)
+    r = r0 + (r1 - r0) * t
+    phi = phi0 + dphi * t
+    return center[None, :] + np.stack([r * np.cos(phi), r * np.sin(phi)], axis=1)
+
+
+def sample_system(seed: int, galaxy_id: int, label: int) -> System:
+    """Draw one physical system; depends only on (seed, galaxy_id, label)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0, galaxy_id, label]))
+    sysm = System(label=label)
+    quiescent = bool(rng.random() < P_QUIESCENT)
+    # primary magnitude from a truncated exponential number-count law dN/dm ~ 10^(a m)
+    lo, hi = MAG_RANGE_F160W
+    a = MAG_COUNT_SLOPE * math.log(10)
+    u = rng.random()
+    mag = math.log(math.exp(a * lo) + u * (math.exp(a * hi) - math.exp(a * lo))) / a
+    colours = _colours(quiescent, rng)
+    origin = np.zeros(3)
+    sc = {k: np.nan for k in PARAM_NAMES}
+    sc["quiescent"] = float(quiescent)
+
+    if label == 1:
+        stage_i = int(rng.choice(len(MERGER_STAGES), p=MERGER_STAGE_WEIGHTS))
+        stage = MERGER_STAGES[stage_i]
+        mu = 10 ** rng.uniform(np.log10(FLUX_RATIO_RANGE[0]), np.log10(FLUX_RATIO_RANGE[1]))
+        f_tidal = rng.uniform(*TIDAL_FRACTION_RANGE)
+        sc.update(merger_stage=float(stage_i), flux_ratio=mu, tidal_fraction=f_tidal)
+        # system magnitude is the sampled one; split between primary and companion
+        mag_p = mag + 2.5 * np.log10(1.0 + mu)
+        mag_c = mag_p - 2.5 * np.log10(mu)
+        comp_q = bool(rng.random() < 0.25)  # companions are mostly gas-rich
+        comp_col = _colours(comp_q, rng)
+        if stage == "post":
+            # coalesced remnant: one galaxy with the combined light, sometimes a faint second nucleus
+            comps, main = _galaxy(mag, quiescent, colours, origin, rng)
+            sep3 = 0.0
+            if rng.random() < 0.5:
+                nuc_mag = mag_c + 2.5 * np.log10(rng.uniform(2.0, 5.0))  # nucleus keeps 20-50 %
+                off = _unit(rng) * rng.uniform(0.05, 0.15)
+                nuc = Component("sersic", mag_to_njy(nuc_mag + comp_col), off, 0.08, 2.0, _unit(rng), 0.8)
+                comps.append(nuc)
+                sep3 = float(np.linalg.norm(off))
+            cpos = origin + (_unit(rng) * sep3 if sep3 == 0.0 else comps[-1].pos3d)
+        else:
+            sep3 = rng.uniform(*STAGE_SEPARATION_3D[stage])
+            cpos = _unit(rng) * sep3
+            comps, main = _galaxy(mag_p, quiescent, colours, origin, rng)
+            ccomps, _ = _galaxy(mag_c, comp_q, comp_col, cpos, rng)
+            comps += ccomps
+        sysm.companion_pos = cpos
+        # tidal debris in the orbital plane, carrying f_tidal of the system's light
+        galaxy_flux = sum(c.flux for c in comps)
+        for c in comps:
+            c.flux = c.flux * (1.0 - f_tidal)
+        tidal_flux = galaxy_flux * f_tidal
+        tidal_colour = tidal_flux / tidal_flux.sum()
+        e1 = cpos / np.linalg.norm(cpos) if np.linalg.norm(cpos) > 0 else _unit(rng)
+        e2 = np.cross(e1, _unit(rng))
+        e2 /= np.linalg.norm(e2)
+        com2 = np.array([np.dot(cpos, e1), 0.0]) * mu / (1.0 + mu)  # centre of light in the plane
+        prim2, comp2 = np.zeros(2), np.array([np.dot(cpos, e1), 0.0])
+        sense = rng.choice([-1.0, 1.0])
+        feats: list[tuple[np.ndarray, float]] = []  # (points in plane, relative weight)
+        if stage == "post":
+            phi0 = rng.uniform(0, 2 * np.pi)
+            for k in range(2):
+                L = rng.uniform(1.0, 3.0)
+                feats.append((_arc_points(prim2, 0.3, 0.3 + L, phi0 + k * np.pi, sense * rng.uniform(1.0, 2.6), 0.15), 1.0))
+            if rng.random() < 0.7:  # shells: arcs at increasing radii on alternating sides
+                for k in range(int(rng.integers(2, 5))):
+                    r = rng.uniform(0.6, 2.5)
+                    span = rng.uniform(1.0, 2.4)
+                    feats.append((_arc_points(prim2, r, r, phi0 + k * np.pi - span / 2, span, 0.15), 0.6))
+        else:
+            # tails launched from each galaxy, pointing away from the other, trailing the orbit
+            for start, weight, phi0 in ((prim2, 1.0, np.pi), (comp2, mu**0.5, 0.0)):
+                L = rng.uniform(1.0, 3.0) * (0.6 + 0.4 * weight)
+                r0 = np.linalg.norm(start - com2) + 0.15
+                feats.append((_arc_points(com2, r0, r0 + L, phi0, sense * rng.uniform(0.8, 2.2), 0.15), weight))
+            if stage in ("close", "wide") and rng.random() < 0.5:  # bridge
+                bridge = np.linspace(prim2, comp2, max(4, int(np.linalg.norm(comp2) / 0.15)))[1:-1]
+                bridge = bridge + np.array([0.0, 1.0]) * sense * 0.25 * np.sin(np.linspace(0, np.pi, len(bridge)))[:, None]
+                if len(bridge):
+                    feats.append((bridge, 0.5))
+        wsum = sum(w * len(p) for p, w in feats)
+        for pts, w in feats:
+            sig = rng.uniform(0.10, 0.18)
+            flux_each = tidal_flux * (w / wsum)
+            for j, p in enumerate(pts):
+                taper = 1.3 - 0.6 * j / max(1, len(pts) - 1)  # debris fades along a tail
+                comps.append(Component("gauss", flux_each * taper, p[0] * e1 + p[1] * e2, sig))
+        # renormalise the tapered debris to exactly f_tidal of the light
+        gauss = [c for c in comps if c.kind == "gauss"]
+        tot_g = sum(c.flux for c in gauss)
+        for c in gauss:
+            c.flux = c.flux * tidal_flux / tot_g
+        sysm.scalars["n_galaxies"] = 1.0 if stage == "post" else 2.0
+        sysm.scalars["n_tidal_features"] = float(len(feats))
+    else:
+        comps, main = _galaxy(mag, quiescent, colours, origin, rng)
+        sysm.scalars["n_galaxies"] = 1.0
+        sysm.scalars["n_tidal_features"] = 0.0
+    sysm.components = comps
+    sysm.main = main
+
+    # unrelated projected neighbour: class-independent, different "redshift" (colour and size)
+    if rng.random() < P_NEIGHBOUR:
+        lo_r, hi_r = NEIGHBOUR_RADIUS_ARCSEC
+        r = math.sqrt(rng.uniform(lo_r**2, hi_r**2))  # uniform in area
+        ang = rng.uniform(0, 2 * np.pi)
+        pos = np.array([r * math.cos(ang), r * math.sin(ang)])
+        nq = bool(rng.random() < 0.3)
+        nmag = mag + rng.uniform(-0.5, 3.0)
+        ncol = np.array([rng.uniform(-0.2, 3.0), rng.uniform(-1.3, 0.3), 0.0])
+        nhlr = float(10 ** rng.uniform(np.log10(0.1), np.log10(0.8)))
+        ncomps, _ = _galaxy(nmag, nq, ncol, np.zeros(3), rng, hlr=nhlr)
+        sysm.neighbour_components = ncomps
+        sysm.neighbour_pos2d = pos
+        sc["has_neighbour"] = 1.0
+        sc["neighbour_flux_ratio"] = float(10 ** (-0.4 * (nmag - mag)))
+        sc["neighbour_separation_arcsec"] = r
+    else:
+        sc["has_neighbour"] = 0.0
+    sysm.scalars.update({k: v for k, v in sc.items() if k not in sysm.scalars})
+    return sysm
+
+
+# ---------------------------------------------------------------- rendering ------------------------
+def _projected_shape(c: Component, rot: np.ndarray) -> tuple[float, float]:
+    """Observed axis ratio and position angle (rad) of an oblate body seen along z after ``rot``."""
+    nrm = rot @ c.normal
+    cos_i = min(1.0, abs(nrm[2]))
+    q = math.sqrt(cos_i**2 + (c.q0**2) * (1.0 - cos_i**2))
+    pa = math.atan2(nrm[1], nrm[0]) + math.pi / 2  # major axis is perpendicular to the normal
+    return max(q, 0.05), pa
+
+
+def _profile(c: Component, rot: np.ndarray, offset2d: np.ndarray) -> tuple[galsim.GSObject, float]:
+    """Unit-flux GalSim profile of ``c`` in this view, and its observed axis ratio."""
+    pos = (rot @ c.pos3d)[:2] + offset2d
+    q = 1.0
+    if c.kind == "gauss":
+        obj = galsim.Gaussian(sigma=c.hlr, gsparams=GSPARAMS)
+    else:
+        if c.kind == "sersic":
+            obj = galsim.Sersic(c.n, half_light_radius=c.hlr, gsparams=GSPARAMS)
+        else:
+            obj = galsim.RandomKnots(
+                c.n_knots, half_light_radius=c.hlr, rng=galsim.BaseDeviate(c.knot_seed), gsparams=GSPARAMS
+            )
+        q, pa = _projected_shape(c, rot)
+        obj = obj.shear(q=q, beta=pa * galsim.radians)
+    return obj.shift(float(pos[0]), float(pos[1])), q
+
+
+def render_view(
+    sysm: System, seed: int, galaxy_id: int, view: int
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Noiseless, PSF-convolved (3, 75, 75) float32 image of one view (nJy/pixel) and its params."""
+    vrng = np.random.default_rng(np.random.SeedSequence([seed, 2, galaxy_id, view]))
+    rot = _random_rotation(vrng)
+    jitter = vrng.uniform(-0.5, 0.5, size=2) * PIXEL_SCALE_ARCSEC  # centring error of the cutout
+    nb_rot = _random_rotation(vrng)
+    parts: list[tuple[galsim.GSObject, np.ndarray]] = []
+    main_q = 1.0
+    for c in sysm.components:
+        obj, q = _profile(c, rot, jitter)
+        if c is sysm.main:
+            main_q = q
+        parts.append((obj, c.flux))
+    if sysm.neighbour_pos2d is not None:
+        # the neighbour is unrelated: its own orientation, fixed sky position relative to the primary
+        # rotated with the camera roll of this view
+        roll = math.atan2(rot[1, 0], rot[0, 0])
+        cr, sr = math.cos(roll), math.sin(roll)
+        p = sysm.neighbour_pos2d
+        npos = np.array([cr * p[0] - sr * p[1], sr * p[0] + cr * p[1]]) + jitter
+        for c in sysm.neighbour_components:
+            obj, _ = _profile(c, nb_rot, npos)
+            parts.append((obj, c.flux))
+    img = np.empty((len(BAND_NAMES), STAMP_PIXELS, STAMP_PIXELS), dtype=np.float32)
+    for b in range(len(BAND_NAMES)):
+        scene = galsim.Sum([obj.withFlux(float(f[b])) for obj, f in parts if f[b] > 0])
+        im = galsim.Convolve(scene, band_psf(b)).drawImage(
+            nx=STAMP_PIXELS, ny=STAMP_PIXELS, scale=PIXEL_SCALE_ARCSEC
+        )
+        img[b] = im.array
+    params = {k: float(sysm.scalars.get(k, np.nan)) for k in PARAM_NAMES}
+    total = sum(f for _, f in parts)
+    prim = sum(c.flux for c in sysm.components)
+    for b, name in enumerate(BAND_NAMES):
+        params[f"flux_{name}"] = float(total[b])
+        params[f"mag_{name}"] = float(AB_ZEROPOINT_NJY - 2.5 * np.log10(prim[b]))
+    m = sysm.main
+    params.update(
+        half_light_radius_arcsec=m.hlr, sersic_n=m.n, axis_ratio=main_q,
+        n_components=float(
+            sum(1 for c in sysm.components if c.kind != "gauss")
+            + len(sysm.neighbour_components)
+            + sysm.scalars["n_tidal_features"]
+        ),
+        view=float(view),
+    )
+    if sysm.label == 1:
+        params["separation_arcsec"] = float(np.linalg.norm((rot @ sysm.companion_pos)[:2]))
+    n_gal = sysm.scalars["n_galaxies"] + (1.0 if sysm.neighbour_pos2d is not None else 0.0)
+    params["n_galaxies"] = n_gal
+    return img, params
+
+
+def add_noise(img: np.ndarray, sigma: np.ndarray, seed: int, galaxy_id: int, view: int) -> np.ndarray:
+    """Target image: ``img`` plus Gaussian sky noise; depends only on (seed, galaxy_id, view)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1, galaxy_id, view]))
+    noise = rng.standard_normal(img.shape) * np.asarray(sigma, dtype=float)[:, None, None]
+    return (img + noise).astype(np.float32)
