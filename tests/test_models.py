@@ -1,0 +1,29 @@
+import torch
+
+from galda.models import DeepMerge, ResNet18Merger, count_trainable
+from galda.models.discriminator import DomainDiscriminator
+
+
+def test_deepmerge_matches_the_paper():
+    net = DeepMerge()
+    assert count_trainable(net) == 174_626
+    assert net.feature_dim == 2_592
+    features, logits = net(torch.randn(4, 3, 75, 75))
+    assert features.shape == (4, 2_592) and logits.shape == (4, 2)
+
+
+def test_resnet18_bottleneck_and_learning_rate_groups():
+    net = ResNet18Merger()
+    features, logits = net(torch.randn(2, 3, 75, 75))
+    assert features.shape == (2, 256) and logits.shape == (2, 2)
+    groups = net.parameter_groups()
+    assert [g["lr_mult"] for g in groups] == [1.0, 10.0]
+    head_params = {id(p) for p in groups[1]["params"]}
+    assert head_params == {id(p) for p in [*net.bottleneck.parameters(), *net.head.parameters()]}
+    assert sum(p.numel() for g in groups for p in g["params"]) == count_trainable(net)
+    assert 11.0e6 < count_trainable(net) < 11.5e6
+
+
+def test_discriminator_on_deepmerge_features():
+    d = DomainDiscriminator(2_592)
+    assert d(torch.randn(5, 2_592)).shape == (5,)
