@@ -335,9 +335,10 @@ def aggregate(runs: list[Run], expected_seeds: list[int] | None = None) -> list[
         commits = {r.raw.get("git_commit") for r in g.used if r.raw.get("git_commit")}
         if len(commits) > 1:
             g.notes.append(f"runs come from {len(commits)} different git commits")
-        if g.uses_target_labels:
-            g.notes.append("trained or selected WITH target labels: a ceiling, "
-                           "not a domain-adaptation result")
+        if g.uses_target_labels and g.method != "oracle":  # the oracle row label says it already
+            monitors = sorted({str((r.raw.get("selection") or {}).get("monitor")) for r in g.runs})
+            g.notes.append("used target labels (selection monitor: " + ", ".join(monitors)
+                           + "): not comparable with label-free rows")
 
     return sorted(
         groups.values(),

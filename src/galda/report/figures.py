@@ -60,8 +60,8 @@ def mean_roc(group: Group, domain: str) -> tuple[np.ndarray, np.ndarray, int] | 
         if loaded is None:
             continue
         fpr, tpr = binary_roc(*loaded)
-        # at repeated fpr keep the upper point (ROC is a step function)
-        interp = np.interp(FPR_GRID, fpr, tpr, left=0.0, right=1.0)
+        last = np.r_[np.diff(fpr) > 0, True]  # at a repeated fpr keep the upper point
+        interp = np.interp(FPR_GRID, fpr[last], tpr[last], left=0.0, right=1.0)
         interp[0] = 0.0
         curves.append(interp)
     if not curves:
@@ -96,8 +96,6 @@ def draw_figure1(groups: list[Group], data: str):
     colors = {k: method_color(k[0], k[1], extra.get(k, 0)) for k in rows}
     idx = {(g.model, g.method, g.uses_target_labels): g for g in gs}
 
-    n_bars = 2 * len(rows)
-    width = 0.86 / max(n_bars, 1)
     fig = plt.figure(figsize=(16, 5.2 * len(models)), constrained_layout=True)
     grid = fig.add_gridspec(len(models), 2, width_ratios=[3.3, 1.15])
     fig.suptitle(f"Figure 1 — test metrics and ROC curves, data: {data} "
@@ -105,9 +103,12 @@ def draw_figure1(groups: list[Group], data: str):
 
     for i, model in enumerate(models):
         ax = fig.add_subplot(grid[i, 0])
+        model_rows = [k for k in rows if (model, *k) in idx]  # only methods run for this model
+        n_bars = 2 * len(model_rows)
+        width = 0.86 / max(n_bars, 1)
         x = np.arange(len(METRICS), dtype=float)
         j = 0
-        for key in rows:
+        for key in model_rows:
             g = idx.get((model, *key))
             for dom in ("source", "target"):
                 offset = (j - (n_bars - 1) / 2) * width
@@ -141,7 +142,7 @@ def draw_figure1(groups: list[Group], data: str):
         ax.set_title(f"{model_label(model)} (seeds per bar: {', '.join(map(str, n_seeds))})",
                      loc="left", fontsize=11)
         handles = [Patch(facecolor=colors[k], edgecolor=colors[k], label=method_label(*k))
-                   for k in rows]
+                   for k in model_rows]
         handles += [Patch(facecolor="white", edgecolor="black", hatch=SOURCE_HATCH, label="source"),
                     Patch(facecolor="black", edgecolor="black", label="target")]
         ax.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8.5,
@@ -149,17 +150,16 @@ def draw_figure1(groups: list[Group], data: str):
 
         rax = fig.add_subplot(grid[i, 1])
         rax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
-        for key in rows:
-            g = idx.get((model, *key))
-            if g is None:
-                continue
+        for key in model_rows:
+            g = idx[(model, *key)]
             for dom, ls in (("source", "--"), ("target", "-")):
                 curve = mean_roc(g, dom)
                 if curve is None:
                     continue
                 fpr, tpr, n = curve
+                partial = f" [ROC: {n} of {len(g.used)} runs]" if n < len(g.used) else ""
                 rax.plot(fpr, tpr, ls=ls, color=colors[key], lw=1.5,
-                         label=f"{g.method_label}, {dom}: AUC {_auc_text(g, dom, curve)}")
+                         label=f"{g.method_label}, {dom}: AUC {_auc_text(g, dom, curve)}{partial}")
         rax.set_xlim(0, 1)
         rax.set_ylim(0, 1.01)
         rax.set_aspect("equal")

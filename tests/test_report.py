@@ -1,0 +1,286 @@
+"""galda.report: tables, notes on missing/failed seeds, paper comparison, figures, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from galda.metrics import binary_confusion, binary_metrics
+from galda.report import build_report, parse_seeds
+from galda.report.__main__ import main
+
+MODELS = ("deepmerge", "resnet18")
+METHODS = ("baseline", "mmd", "dann")
+SEEDS = (1, 2, 3)
+# target quality per method (probit of the accuracy), roughly the paper's picture
+QUALITY = {"baseline": (1.0, 0.15), "mmd": (1.1, 0.7), "dann": (1.15, 0.8), "oracle": (1.1, 1.2)}
+MISSING = ("deepmerge", "mmd", 3)  # never written
+FAILED = ("resnet18", "dann", 2)  # status "failed"
+
+
+def write_run(root: Path, data: str, model: str, method: str, seed: int, *, failed: bool = False,
+              target_labels: bool = True, n: int = 240) -> Path:
+    run = root / f"data={data},method={method},model={model},seed={seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    base = {"schema_version": 1, "data": data, "model": model, "method": method, "seed": seed,
+            "uses_target_labels": method == "oracle", "run_dir": str(run),
+            "overrides": [f"data={data}", f"model={model}", f"method={method}", f"seed={seed}"]}
+    if failed:
+        base.update(status="failed", error="RuntimeError: CUDA out of memory\nTraceback ...")
+        (run / "results.json").write_text(json.dumps(base))
+        return run
+    rng = np.random.default_rng(zlib.crc32(f"{data}/{model}/{method}/{seed}".encode()))
+    res = dict(base, status="complete", error=None, selection={"monitor": "val/source/acc",
+               "mode": "max"}, epochs_run=3, best_epoch=2, wall_time_s=1.0, device="cpu",
+               git_commit=None, versions={}, checkpoint=None, predictions="predictions.npz",
+               confusion={})
+    arrays = {}
+    for dom, q in zip(("source", "target"), QUALITY[method]):
+        y = rng.integers(0, 2, n)
+        logit = (q + 0.1 * rng.standard_normal()) * (2 * y - 1) + rng.standard_normal(n)
+        p = 1 / (1 + np.exp(-logit))
+        arrays[f"{dom}_probs"] = p.astype(np.float32)
+        if dom == "target" and not target_labels:
+            for k in ("acc", "precision", "recall", "f1", "brier", "auroc"):
+                res[f"test/{dom}/{k}"] = None
+            continue
+        arrays[f"{dom}_labels"] = y
+        for k, v in binary_metrics(p, y).items():
+            res[f"test/{dom}/{k}"] = v
+        res["confusion"][dom] = binary_confusion(p, y)
+    np.savez(run / "predictions.npz", **arrays)
+    (run / "results.json").write_text(json.dumps(res))
+    return run
+
+
+def make_runs(root: Path, data: str = "small", oracle: bool = True) -> Path:
+    for model in MODELS:
+        for method in METHODS:
+            for seed in SEEDS:
+                if (model, method, seed) == MISSING:
+                    continue
+                write_run(root / "multirun" / model, data, model, method, seed,
+                          failed=(model, method, seed) == FAILED)
+    if oracle:
+        for seed in SEEDS:
+            write_run(root / "oracle_runs", data, "deepmerge", "oracle", seed)
+    return root
+
+
+def read_json_runs(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("results.json"))]
+
+
+def md_row(md: str, label: str) -> list[str]:
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == label:
+            return cells
+    raise AssertionError(f"no row {label!r} in\n{md}")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = make_runs(tmp_path_factory.mktemp("runs"))
+    out = root / "report"
+    rep = build_report([root], out, paper=True)
+    return root, out, rep
+
+
+def test_table1_values_match_numpy(report):
+    root, out, rep = report
+    raw = [r for r in read_json_runs(root) if r["status"] == "complete"]
+    with open(out / "table1.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * (2 * 3 + 1)  # (models × methods + oracle) × domains
+    md = (out / "table1.md").read_text()
+    for model in MODELS:
+        for method in (*METHODS, "oracle"):
+            vals = {d: np.array([r[f"test/{d}/acc"] for r in raw
+                                 if r["model"] == model and r["method"] == method])
+                    for d in ("source", "target")}
+            if vals["source"].size == 0:
+                continue
+            for dom, v in vals.items():
+                row = next(r for r in rows if (r["model"], r["method"], r["domain"])
+                           == (model, method, dom))
+                assert int(row["n"]) == v.size
+                assert float(row["acc_mean"]) == pytest.approx(v.mean(), abs=1e-12)
+                assert float(row["acc_std"]) == pytest.approx(v.std(ddof=1), abs=1e-12)
+                expected = [int(s) for s in row["seeds"].split()]
+                assert len(expected) == v.size
+    # the Markdown cell for DeepMerge / MMD (seed 3 missing): n=2 and marked
+    v = np.array([r["test/source/acc"] for r in raw
+                  if r["model"] == "deepmerge" and r["method"] == "mmd"])
+    cell = md_row(md, "MMD")[1]
+    assert cell == f"{100 * v.mean():.1f} ± {100 * v.std(ddof=1):.1f} (n=2) †"
+    assert md_row(md, "No domain adaptation")[1].endswith("(n=3)")
+    header = md_row(md, "Method")
+    assert header == ["Method", "Source DeepMerge", "Source ResNet18", "Target DeepMerge",
+                      "Target ResNet18"]
+    assert [r[0] for r in (md_row(md, m) for m in ("No domain adaptation", "MMD",
+            "Adversarial (DANN)"))]  # paper's row labels
+    # full metrics table: six metrics per group and domain
+    with open(out / "metrics.csv", newline="") as fh:
+        mrows = list(csv.DictReader(fh))
+    assert len(mrows) == 7 * 2 * 6
+    auc = [r for r in mrows if (r["model"], r["method"], r["domain"], r["metric"])
+           == ("resnet18", "baseline", "target", "auroc")][0]
+    v = np.array([r["test/target/auroc"] for r in raw
+                  if r["model"] == "resnet18" and r["method"] == "baseline"])
+    assert float(auc["mean"]) == pytest.approx(v.mean())
+    assert "Brier" in (out / "metrics.md").read_text()
+
+
+def test_missing_and_failed_seeds_are_named(report):
+    _, out, rep = report
+    md = (out / "table1.md").read_text()
+    notes = md.split("Notes:")[1]
+    assert re.search(r"DeepMerge · MMD †: seed\(s\) 3 missing", notes)
+    assert re.search(r"ResNet18 · Adversarial \(DANN\) †: seed 2 failed: RuntimeError: CUDA out of "
+                     r"memory", notes)
+    assert "ResNet18 · Oracle (trained with target labels) ‡: not run" in notes
+    assert md_row(md, "Adversarial (DANN)")[2].endswith("(n=2) †")
+    assert not md_row(md, "Adversarial (DANN)")[1].endswith("†")
+    with open(out / "table1.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    mmd = next(r for r in rows if (r["model"], r["method"]) == ("deepmerge", "mmd"))
+    assert mmd["missing_seeds"] == "3" and mmd["complete"] == "false"
+    dann = next(r for r in rows if (r["model"], r["method"]) == ("resnet18", "dann"))
+    assert dann["failed_seeds"] == "2" and dann["seeds"] == "1 3"
+    assert len(rep["incomplete"]) == 2
+
+
+def test_oracle_visibly_labelled(report):
+    _, out, _ = report
+    md = (out / "table1.md").read_text()
+    row = md_row(md, "Oracle (trained with target labels) ‡")
+    assert row[1].endswith("(n=3)") and row[2] == "—"
+    assert "‡ uses target labels" in md
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert lines[-1].startswith("| Oracle")  # ceiling row last
+    tex = (out / "table1.tex").read_text()
+    assert r"Oracle (trained with target labels) $^\ddagger$" in tex
+    assert "Oracle" in (out / "metrics.md").read_text()
+
+
+def test_latex_and_csv_parse(report):
+    _, out, _ = report
+    tex = (out / "table1.tex").read_text()
+    for env in ("table", "tabular"):
+        assert tex.count(rf"\begin{{{env}}}") == tex.count(rf"\end{{{env}}}") == 1
+    assert all(k in tex for k in (r"\toprule", r"\midrule", r"\bottomrule", r"\cmidrule"))
+    body = tex.split(r"\midrule", 1)[1].split(r"\bottomrule")[0]
+    rows = [ln for ln in body.splitlines() if ln.rstrip().endswith(r"\\")]
+    assert len(rows) == 4
+    for ln in rows:
+        assert len(re.findall(r"(?<!\\)&", ln)) == 4, ln
+    assert r"\pm" in tex and "_" not in tex.replace(r"\_", "")
+    for name in ("table1.csv", "metrics.csv", "table1_vs_paper.csv"):
+        with open(out / name, newline="") as fh:
+            rows = list(csv.reader(fh))
+        assert len(rows) > 1 and len({len(r) for r in rows}) == 1, name
+
+
+def test_paper_numbers_beside_ours(report):
+    _, out, rep = report
+    md = (out / "table1_vs_paper.md").read_text()
+    assert rep["paper_markdown"] == md
+    assert md_row(md, "No domain adaptation — paper, Table 1")[1:] == ["84.8", "81.1", "52.0", "60.5"]
+    assert md_row(md, "Adversarial (DANN) — paper, 10 seeds")[3] == "78.9 ± 0.5 (n=10)"
+    assert md_row(md, "MMD — ours")[1].endswith("(n=2) †")
+    assert "— paper" not in md_row(md, "Oracle (trained with target labels) ‡ — ours")[0]
+    assert "Oracle (trained with target labels) ‡ — paper, Table 1" not in md
+    with open(out / "table1_vs_paper.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    r = next(r for r in rows if (r["method"], r["domain"], r["model"])
+             == ("baseline", "source", "deepmerge"))
+    assert float(r["paper_table1_pct"]) == 84.8 and float(r["paper_10seed_mean_pct"]) == 83.6
+    assert float(r["ours_minus_table1_pct"]) == pytest.approx(float(r["ours_mean_pct"]) - 84.8)
+
+
+def test_figures_written(report):
+    _, out, rep = report
+    for name in ("figure1.png", "figure1.pdf"):
+        p = out / name
+        assert p.stat().st_size > 10_000 and name in rep["files"]
+    assert (out / "figure1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "figure1.pdf").read_bytes()[:5] == b"%PDF-"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_expected_seeds_and_duplicates(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (1, 2):
+        write_run(root / "a", "small", "deepmerge", "baseline", seed)
+    write_run(root / "b", "small", "deepmerge", "baseline", 2)  # a rerun of seed 2
+    write_run(root / "a", "small", "deepmerge", "baseline", 7)  # outside --seeds
+    rep = build_report([root], tmp_path / "out", expected_seeds="1-3", figures=False)
+    (g,) = rep["groups"]
+    assert g.stats[("source", "acc")].n == 2 and g.missing == [3] and g.ignored == [7]
+    md = rep["markdown"]
+    assert "seed(s) 3 missing" in md and "seed 2: 2 complete results found" in md
+    assert "seed(s) 7 outside the expected seeds, ignored" in md
+    assert "Expected seeds: 1 2 3 (--seeds)" in md
+
+
+def test_several_data_sets_and_unlabelled_target(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (1, 2):
+        write_run(root, "small", "deepmerge", "dann", seed)
+        write_run(root, "paper", "deepmerge", "dann", seed, target_labels=(seed == 1))
+    rep = build_report([root], tmp_path / "out", figures=False)
+    md = rep["markdown"]
+    assert "data: `small`" in md and "data: `paper`" in md
+    assert md.count("| Method |") == 2
+    g = next(g for g in rep["groups"] if g.data == "paper")
+    assert g.stats[("target", "acc")].n == 1 and g.stats[("source", "acc")].n == 2
+    assert math.isnan(g.stats[("target", "acc")].std)
+    assert "target accuracy available for 1 of 2 runs" in md
+    tex = (tmp_path / "out" / "table1.tex").read_text()
+    assert tex.count(r"\begin{tabular}") == 2
+
+
+def test_cli(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "no results.json found" in err and str(empty) in err
+    root = tmp_path / "runs"
+    write_run(root, "small", "deepmerge", "baseline", 1)
+    write_run(root, "small", "deepmerge", "mmd", 2)
+    code = main([str(root), "--out", str(tmp_path / "o"), "--no-figures", "--paper"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "| Method |" in captured.out and "84.8" in captured.out
+    assert str(tmp_path / "o" / "table1.tex") in captured.out
+    assert not (tmp_path / "o" / "figure1.png").exists()
+    assert main([str(root), "--out", str(tmp_path / "o"), "--no-figures", "--strict"]) == 3
+    with pytest.raises(SystemExit):
+        main([str(root), "--seeds", "x-y"])
+
+
+def test_module_entry_point_on_empty_dir(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "galda.report", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "no results.json found" in res.stderr
+
+
+def test_parse_seeds():
+    assert parse_seeds("1-10") == list(range(1, 11))
+    assert parse_seeds("1,2,5") == [1, 2, 5]
+    assert parse_seeds("1-3, 7") == [1, 2, 3, 7]
+    assert parse_seeds([3, 1]) == [1, 3]
+    assert parse_seeds(None) is None
+    with pytest.raises(ValueError):
+        parse_seeds("5-1")
