@@ -179,6 +179,7 @@ def ingest_hdf5(
             raw = hdf5_read_small(path, hdf5_dataset(path, f, galaxy_id_key, "galaxy ids"))
             gid = check_galaxy_ids(path, raw, n, f"'{images_key}'")
         attrs = _meta(dataset or path.stem, band_names, pixel_scale_arcsec, "hdf5")
-        return ingest_domain(DomainInput(domain, images, lab, gid, attrs, [path.name]), out, **options)
+        inp = DomainInput(domain, images, lab, gid, attrs, [path.name])
+        return ingest_domain(inp, out, **options)
     finally:
         f.close()

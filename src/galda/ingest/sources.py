@@ -8,7 +8,6 @@ Every problem raises :class:`IngestError` naming the file.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import os
@@ -230,7 +229,7 @@ def load_npy(path: str | os.PathLike, mmap: bool = True, what: str = "array") ->
         expected = offset + math.prod(shape) * dtype.itemsize
         if size < expected:
             raise IngestError(
-                path, f"truncated file: its header promises {expected} bytes (shape "
+                path, f"truncated file: its header implies a file of {expected} bytes (shape "
                 f"{_fmt_shape(shape)}, dtype {dtype}) but the file holds only {size}"
             )
     use_mmap = mmap and header is not None and math.prod(header[0]) > 0
@@ -284,14 +283,20 @@ def npy_labels(path: str | os.PathLike, n: int, images_name: str) -> np.ndarray:
     return check_labels(path, load_npy(path, mmap=False, what="labels"), n, images_name)
 
 
-def check_galaxy_ids(path: str | os.PathLike, ids: np.ndarray, n: int, images_name: str) -> np.ndarray:
+def check_galaxy_ids(
+    path: str | os.PathLike, ids: np.ndarray, n: int, images_name: str
+) -> np.ndarray:
     g = np.asarray(ids)
     if g.ndim == 2 and g.shape[1] == 1:
         g = g[:, 0]
     if g.ndim != 1:
-        raise IngestError(path, f"galaxy ids must be a 1-D array (N,); got shape {_fmt_shape(g.shape)}")
+        raise IngestError(
+            path, f"galaxy ids must be a 1-D array (N,); got shape {_fmt_shape(g.shape)}"
+        )
     if len(g) != n:
-        raise IngestError(path, f"length mismatch: {len(g)} galaxy ids for {n} images in {images_name}")
+        raise IngestError(
+            path, f"length mismatch: {len(g)} galaxy ids for {n} images in {images_name}"
+        )
     if g.dtype.kind == "f":
         if not np.isfinite(g).all() or not (g == np.round(g)).all():
             raise IngestError(path, "galaxy ids must be integers")
@@ -345,7 +350,9 @@ def _fits_data(path: Path, hdu) -> tuple[Any, float, float, int | None]:
     naxis = int(hdr.get("NAXIS", 0))
     dims = [int(hdr.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
     bitpix = int(hdr.get("BITPIX", -32))
-    compressed = isinstance(hdu, fits.CompImageHDU) or path.suffix.lower() in (".gz", ".fz", ".bz2")
+    compressed = isinstance(hdu, fits.CompImageHDU) or path.suffix.lower() in (
+        ".gz", ".fz", ".bz2"
+    )
     if not compressed:
         try:
             loc = hdu.fileinfo()["datLoc"]
@@ -356,8 +363,9 @@ def _fits_data(path: Path, hdu) -> tuple[Any, float, float, int | None]:
             size = path.stat().st_size
             if size < expected:
                 raise IngestError(
-                    path, f"truncated file: the FITS header promises {expected} bytes (image "
-                    f"{_fmt_shape(dims[::-1])}, BITPIX {bitpix}) but the file holds only {size}"
+                    path, f"truncated file: the FITS header implies a file of {expected} bytes "
+                    f"(image {_fmt_shape(dims[::-1])}, BITPIX {bitpix}) but the file holds only "
+                    f"{size}"
                 )
     try:
         with warnings.catch_warnings():
@@ -409,7 +417,9 @@ def read_stamp(path: Path) -> np.ndarray:
     if img.ndim == 2:
         img = img[None]
     if img.ndim != 3:
-        raise IngestError(path, f"a stamp must be (C, H, W) or (H, W); got shape {_fmt_shape(img.shape)}")
+        raise IngestError(
+            path, f"a stamp must be (C, H, W) or (H, W); got shape {_fmt_shape(img.shape)}"
+        )
     return img
 
 
@@ -530,11 +540,3 @@ def hdf5_read_small(path: Path, ds) -> np.ndarray:
     except (OSError, RuntimeError, ValueError) as err:
         raise IngestError(path, f"corrupt or truncated data in '{ds.name}' ({err})") from err
 
-
-@contextlib.contextmanager
-def closing_all(sources: Sequence[ImageSource]):
-    try:
-        yield sources
-    finally:
-        for s in sources:
-            s.close()
