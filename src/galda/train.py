@@ -97,8 +97,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if cfg.data.get("channels_last"):
         module = module.to(memory_format=torch.channels_last)
-    callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
+    callbacks = [
+        cb for cb in _instantiate_dict(cfg.get("callbacks"))
+        if loggers or not isinstance(cb, pl.callbacks.LearningRateMonitor)  # needs a logger
+    ]
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,

@@ -63,6 +63,29 @@ class ArrayDataset(Dataset):
         return self.images[idx], self.labels[idx]
 
 
+class EpochSeededSampler(torch.utils.data.Sampler[int]):
+    """A random permutation per epoch drawn from ``(seed, epoch)`` only.
+
+    Lightning calls ``set_epoch`` every epoch, so a run resumed from a checkpoint sees exactly
+    the batches an uninterrupted run would have seen (the global RNG plays no part).
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
 def identity_collate(batch: Any) -> Any:
     """Collate for datasets whose ``__getitems__`` already returns a batch."""
     return batch
@@ -239,13 +262,16 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         return [d for d in DOMAINS if self.datasets[d]["test"].labels is not None]
 
     # -- loaders --------------------------------------------------------------------------
-    def _loader(self, dataset: ArrayDataset, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(
+        self, dataset: ArrayDataset, drop_last: bool, shuffle_seed: int | None = None
+    ) -> DataLoader:
         on_cpu = dataset.images.device.type == "cpu"
         workers = self.num_workers if on_cpu else 0
+        sampler = EpochSeededSampler(len(dataset), shuffle_seed) if shuffle_seed is not None else None
         return DataLoader(
             dataset,
             batch_size=min(self.batch_size, len(dataset)),
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             collate_fn=identity_collate,
             num_workers=workers,
@@ -254,14 +280,19 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> CombinedLoader:
-        loaders = {d: self._loader(self.datasets[d]["train"], True, True) for d in DOMAINS}
+        # Shuffling follows the training seed (set by seed_everything), one stream per domain.
+        seed = torch.initial_seed() % (2**31)
+        loaders = {
+            d: self._loader(self.datasets[d]["train"], True, shuffle_seed=seed + i)
+            for i, d in enumerate(DOMAINS)
+        }
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def val_dataloader(self) -> dict[str, DataLoader]:
-        return {d: self._loader(self.datasets[d]["val"], False, False) for d in self.eval_domains}
+        return {d: self._loader(self.datasets[d]["val"], False) for d in self.eval_domains}
 
     def test_dataloader(self) -> dict[str, DataLoader]:
-        return {d: self._loader(self.datasets[d]["test"], False, False) for d in self.eval_domains}
+        return {d: self._loader(self.datasets[d]["test"], False) for d in self.eval_domains}
 
     # Normalisation statistics travel with checkpoints so a saved model can be applied later.
     def state_dict(self) -> dict[str, Any]:

@@ -183,7 +183,7 @@ class MergerClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         for domain, (probs, labels, loss) in self._gathered().items():
-            acc = ((probs >= 0.5).long() == labels).float().mean()
+            acc = ((probs > 0.5).long() == labels).float().mean()
             self.log(f"val/{domain}/acc", acc, sync_dist=False, rank_zero_only=False)
             self.log(f"val/{domain}/loss", loss, sync_dist=False, rank_zero_only=False)
 
@@ -200,6 +200,31 @@ class MergerClassifier(pl.LightningModule):
             predictions[f"{domain}_labels"] = labels.cpu().numpy()
         self.test_results = results
         self.test_predictions = predictions
+
+    # -- checkpoints ----------------------------------------------------------------------
+    # RNG states travel with checkpoints so that a resumed run continues exactly (dropout in
+    # the DANN discriminator draws from the global generator).
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        import random
+
+        checkpoint["galda_rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        import random
+
+        state = checkpoint.get("galda_rng")
+        if not state:
+            return
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(_numpy_state_from_plain(state["numpy"]))
+        random.setstate(state["python"])
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -218,9 +243,21 @@ class MergerClassifier(pl.LightningModule):
         optimizer = self.optimizer_factory(params=param_groups)
         if self.scheduler_factory is None:
             return optimizer
-        # +1: OneCycleLR counts its initial step, and fast_dev_run runs a single batch.
-        total = int(self.trainer.estimated_stepping_batches) + 1
+        # +1: OneCycleLR counts its initial step; ≥ 4 keeps both phases non-empty (fast_dev_run).
+        total = max(int(self.trainer.estimated_stepping_batches) + 1, 4)
         scheduler = self.scheduler_factory(
             optimizer=optimizer, max_lr=[g["lr"] for g in param_groups], total_steps=total
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
+    """NumPy's RNG state as tensors and numbers, loadable with ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, cached = state
+    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_state_from_plain(plain: dict[str, Any]) -> tuple:
+    keys = plain["keys"].numpy().astype(np.uint32)
+    return (plain["name"], keys, plain["pos"], plain["has_gauss"], plain["cached"])
