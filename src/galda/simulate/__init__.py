@@ -9,7 +9,13 @@ The physics and every number it uses (from shared/reference/FACTS.md, "Physics o
 documented in :mod:`galda.simulate.physics` and ``docs/simulator.md``.
 """
 
-from galda.simulate.generate import PRESETS, TARGET_ID_OFFSET, default_out, simulate_domains, summarize
+from galda.simulate.generate import (
+    PRESETS,
+    TARGET_ID_OFFSET,
+    default_out,
+    simulate_domains,
+    summarize,
+)
 from galda.simulate.physics import BAND_NAMES, PARAM_NAMES, noise_sigma_per_pixel
 
 __all__ = [

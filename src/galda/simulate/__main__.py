@@ -29,7 +29,9 @@ DEFAULTS = {
 def _parse(argv: list[str]):
     bad = [a for a in argv if "=" not in a or a.startswith("-")]
     if bad:
-        raise ValueError(f"arguments must be key=value overrides, got {bad}; keys: {', '.join(DEFAULTS)}")
+        raise ValueError(
+            f"arguments must be key=value overrides, got {bad}; keys: {', '.join(DEFAULTS)}"
+        )
     over = OmegaConf.from_dotlist([a[2:] if a.startswith("++") else a.lstrip("+") for a in argv])
     unknown = sorted(set(over.keys()) - set(DEFAULTS))
     if unknown:
@@ -48,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         from galda.simulate import PRESETS, simulate_domains, summarize
 
         if cfg["preset"] not in PRESETS:
-            raise ValueError(f"unknown preset {cfg['preset']!r}; choose one of {', '.join(PRESETS)}")
+            raise ValueError(
+                f"unknown preset {cfg['preset']!r}; choose one of {', '.join(PRESETS)}"
+            )
         src, tgt = simulate_domains(**cfg)
     except (ValueError, FileExistsError, TypeError) as err:
         print(f"galda.simulate: error: {err}", file=sys.stderr)
@@ -56,12 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"source: {src}\ntarget: {tgt}")
     stats = {d: summarize(p) for d, p in (("source", src), ("target", tgt))}
     s = stats["source"]
-    print(f"images per domain: {s['n']} ({s['n_mergers']} mergers, {s['n_nonmergers']} non-mergers, "
-          f"{s['n_galaxies']} systems)")
+    print(
+        f"images per domain: {s['n']} ({s['n_mergers']} mergers, {s['n_nonmergers']} non-mergers, "
+        f"{s['n_galaxies']} systems)"
+    )
     for i, band in enumerate(s["band_names"]):
         ss, ts = s["std"][i], stats["target"]["std"][i]
-        print(f"  {band}: std source {ss:.3f}  target {ts:.3f}  ratio {ts / ss:.3f}  "
-              f"noise sigma {stats['target']['noise_sigma'][i]:.3f} nJy/pixel")
+        print(
+            f"  {band}: std source {ss:.3f}  target {ts:.3f}  ratio {ts / ss:.3f}  "
+            f"noise sigma {stats['target']['noise_sigma'][i]:.3f} nJy/pixel"
+        )
     return 0
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -35,7 +36,10 @@ def default_out(preset: str, seed: int) -> Path:
 
 
 def resolve_preset(
-    preset: str, views: int | None = None, n_mergers: int | None = None, n_nonmergers: int | None = None
+    preset: str,
+    views: int | None = None,
+    n_mergers: int | None = None,
+    n_nonmergers: int | None = None,
 ) -> dict[str, int]:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -48,7 +52,9 @@ def resolve_preset(
     return cfg
 
 
-def plan_systems(cfg: dict[str, int], seed: int, stream: int, id_offset: int) -> list[tuple[int, int, int]]:
+def plan_systems(
+    cfg: dict[str, int], seed: int, stream: int, id_offset: int
+) -> list[tuple[int, int, int]]:
     """(galaxy_id, label, n_views) per system, classes interleaved in a seeded random order.
 
     Each class gets ceil(n / views) systems; the last one keeps only the views needed for the exact
@@ -59,7 +65,9 @@ def plan_systems(cfg: dict[str, int], seed: int, stream: int, id_offset: int) ->
         v = cfg["views"]
         n_sys = math.ceil(n / v)
         systems += [(label, v)] * (n_sys - 1) + [(label, n - (n_sys - 1) * v)]
-    order = np.random.default_rng(np.random.SeedSequence([seed, 3, stream])).permutation(len(systems))
+    order = np.random.default_rng(np.random.SeedSequence([seed, 3, stream])).permutation(
+        len(systems)
+    )
     return [(id_offset + i, systems[j][0], systems[j][1]) for i, j in enumerate(order)]
 
 
@@ -72,7 +80,9 @@ def _init_worker() -> None:
         pass
 
 
-def _render_task(task: tuple[int, list[tuple[int, int, int]], bool, tuple[float, ...]]) -> dict[str, Any]:
+def _render_task(
+    task: tuple[int, list[tuple[int, int, int]], bool, tuple[float, ...]],
+) -> dict[str, Any]:
     seed, systems, noisy, sigma = task
     images, labels, gids, params = [], [], [], []
     for gid, label, n_views in systems:
@@ -117,8 +127,15 @@ def _run_tasks(tasks: list, workers: int) -> Iterator[dict[str, Any]]:
         yield from ex.map(_render_task, tasks)
 
 
-def file_attrs(domain: str, preset: str, seed: int, cfg: dict[str, int], paired: bool, sigma: np.ndarray,
-               sb_limit: float) -> dict[str, Any]:
+def file_attrs(
+    domain: str,
+    preset: str,
+    seed: int,
+    cfg: dict[str, int],
+    paired: bool,
+    sigma: np.ndarray,
+    sb_limit: float,
+) -> dict[str, Any]:
     import galsim
 
     return {
@@ -134,14 +151,17 @@ def file_attrs(domain: str, preset: str, seed: int, cfg: dict[str, int], paired:
         "pixel_scale_arcsec": P.PIXEL_SCALE_ARCSEC,
         "psf_fwhm_arcsec": list(P.PSF_FWHM_ARCSEC),
         "psf_model": f"Moffat(beta={P.PSF_MOFFAT_BETA}) + {P.SPIKE_FRACTION:.0%} diffraction spikes",
-        "noise_sigma": list(np.asarray(sigma, float)) if domain == "target" else [0.0] * len(P.BAND_NAMES),
+        "noise_sigma": list(np.asarray(sigma, float))
+        if domain == "target"
+        else [0.0] * len(P.BAND_NAMES),
         "sb_limit_mag_arcsec2": float(sb_limit),
         "sb_limit_convention": P.SB_LIMIT_CONVENTION,
         "flux_unit": P.FLUX_UNIT,
         "ab_zeropoint": P.AB_ZEROPOINT_NJY,
         "galsim_version": galsim.__version__,
         "description": (
-            "PSF-convolved noiseless ('pristine') images" if domain == "source"
+            "PSF-convolved noiseless ('pristine') images"
+            if domain == "source"
             else "the same kind of images plus Gaussian sky noise ('noisy')"
         ),
     }
@@ -189,9 +209,15 @@ def simulate_domains(
     cfg = resolve_preset(preset, views, n_mergers, n_nonmergers)
     out = Path(out) if out is not None else default_out(preset, seed)
     src_path, tgt_path = out / "source.h5", out / "target.h5"
-    expect = {"preset": preset, "seed": int(seed), "paired": bool(paired), "views": cfg["views"],
-              "n_mergers": cfg["n_mergers"], "n_nonmergers": cfg["n_nonmergers"],
-              "sb_limit_mag_arcsec2": float(sb_limit)}
+    expect = {
+        "preset": preset,
+        "seed": int(seed),
+        "paired": bool(paired),
+        "views": cfg["views"],
+        "n_mergers": cfg["n_mergers"],
+        "n_nonmergers": cfg["n_nonmergers"],
+        "sb_limit_mag_arcsec2": float(sb_limit),
+    }
     ours = [p for p in (src_path, tgt_path) if p.exists() and _matches(p, expect)]
     if not overwrite:
         if len(ours) == 2:
@@ -206,8 +232,10 @@ def simulate_domains(
     sigma = np.full(len(P.BAND_NAMES), P.noise_sigma_per_pixel(sb_limit))
 
     def chunks(plan: list, noisy: bool) -> list:
-        return [(int(seed), plan[i : i + SYSTEMS_PER_TASK], noisy, tuple(sigma))
-                for i in range(0, len(plan), SYSTEMS_PER_TASK)]
+        return [
+            (int(seed), plan[i : i + SYSTEMS_PER_TASK], noisy, tuple(sigma))
+            for i in range(0, len(plan), SYSTEMS_PER_TASK)
+        ]
 
     n_img = cfg["n_mergers"] + cfg["n_nonmergers"]
     src_plan = plan_systems(cfg, seed, stream=0, id_offset=0)
@@ -224,20 +252,59 @@ def simulate_domains(
                 writers = {
                     d: stack.enter_context(
                         DomainWriter(
-                            paths[d], n=n_img, image_shape=(len(P.BAND_NAMES), P.STAMP_PIXELS, P.STAMP_PIXELS),
-                            labelled=True, attrs=file_attrs(d, preset, seed, cfg, paired, sigma, sb_limit),
-                            param_names=list(P.PARAM_NAMES), overwrite=True,
+                            paths[d],
+                            n=n_img,
+                            image_shape=(len(P.BAND_NAMES), P.STAMP_PIXELS, P.STAMP_PIXELS),
+                            labelled=True,
+                            attrs=file_attrs(d, preset, seed, cfg, paired, sigma, sb_limit),
+                            param_names=list(P.PARAM_NAMES),
+                            overwrite=True,
                         )
                     )
                     for d in domains
                 }
                 start = 0
-                for res in _run_tasks(tasks, workers):
-                    k = len(res["labels"])
+                buf: list[dict[str, Any]] = []
+
+                def flush(final: bool = False, writers: dict = writers) -> None:
+                    nonlocal start, buf
+                    if not buf:
+                        return
+                    cat = {
+                        "labels": np.concatenate([r["labels"] for r in buf]),
+                        "galaxy_id": np.concatenate([r["galaxy_id"] for r in buf]),
+                        "params": {
+                            k: np.concatenate([r["params"][k] for r in buf]) for k in P.PARAM_NAMES
+                        },
+                        **{d: np.concatenate([r[d] for r in buf]) for d in writers},
+                    }
+                    n = len(cat["labels"])
+                    k = n if final else n - n % WRITE_BLOCK
                     for d, w in writers.items():
-                        w.write(start, res[d], res["labels"], res["galaxy_id"], res["params"])
+                        w.write(
+                            start,
+                            cat[d][:k],
+                            cat["labels"][:k],
+                            cat["galaxy_id"][:k],
+                            {c: v[:k] for c, v in cat["params"].items()},
+                        )
                     start += k
-                    bar.update(k)
+                    rest = {
+                        "labels": cat["labels"][k:],
+                        "galaxy_id": cat["galaxy_id"][k:],
+                        "params": {c: v[k:] for c, v in cat["params"].items()},
+                        **{d: cat[d][k:] for d in writers},
+                    }
+                    buf = [rest] if k < n else []
+
+                # write whole HDF5 chunks (64 images; WRITE_BLOCK is a multiple): a partial-chunk
+                # write to a compressed dataset re-compresses that chunk every time
+                for res in _run_tasks(tasks, workers):
+                    buf.append(res)
+                    if sum(len(r["labels"]) for r in buf) >= WRITE_BLOCK:
+                        flush()
+                    bar.update(len(res["labels"]))
+                flush(final=True)
                 assert start == n_img, (start, n_img)
     return src_path, tgt_path
 
@@ -262,7 +329,7 @@ def summarize(path: str | Path, block: int = 1024) -> dict[str, Any]:
             "n": int(n),
             "n_mergers": int((labels == 1).sum()),
             "n_nonmergers": int((labels == 0).sum()),
-            "n_galaxies": int(len(np.unique(f["galaxy_id"][()]))),
+            "n_galaxies": len(np.unique(f["galaxy_id"][()])),
             "band_names": bands,
             "mean": mean.tolist(),
             "std": std.tolist(),

@@ -22,7 +22,7 @@ sky noise expressed as a surface brightness" (5.67 nJy/pixel; see :func:`noise_s
 
 Mergers: a primary and a companion at flux ratio 0.1-1 (F160W), 3-D separations from a close double
 nucleus (0.05-0.4") to 3", or a coalesced remnant; tidal tails, bridges and shells carry 10-30 % of the
-light. Non-mergers (and mergers) have an unrelated projected neighbour with a physically motivated
+light (debris: Gaussian chains 0.12-0.25" wide in the orbital plane). Non-mergers (and mergers) have an unrelated projected neighbour with a physically motivated
 probability, drawn at a different "redshift" (independent colour and size), so two blobs alone do not
 decide the class.
 
@@ -76,7 +76,7 @@ SERSIC_N_STEP = 0.1  # Sersic indices are drawn on a 0.1 grid so GalSim's profil
 
 PARAM_NAMES: tuple[str, ...] = (
     *(f"flux_{b}" for b in BAND_NAMES),  # total flux in the stamp, nJy
-    *(f"mag_{b}" for b in BAND_NAMES),  # primary galaxy (merger: primary + companion) AB magnitude
+    *(f"mag_{b}" for b in BAND_NAMES),  # system AB magnitude (primary [+ companion + debris])
     "half_light_radius_arcsec",  # primary's main component
     "sersic_n",  # primary's main component
     "axis_ratio",  # primary's main component in this view
@@ -210,29 +210,55 @@ def _galaxy(
     comps: list[Component] = []
     if quiescent:
         main = Component(
-            "sersic", np.zeros(3), pos, re, _sersic_n(rng.uniform(2.5, 4.5)), normal, rng.uniform(0.55, 0.9)
+            "sersic",
+            np.zeros(3),
+            pos,
+            re,
+            _sersic_n(rng.uniform(2.5, 4.5)),
+            normal,
+            rng.uniform(0.55, 0.9),
         )
         parts = [(main, np.ones(3))]
         if rng.random() < 0.3:  # faint disc, bluer than the spheroid
             dt = rng.uniform(0.1, 0.3)
-            disc = Component("sersic", np.zeros(3), pos, min(re * rng.uniform(1.5, 2.5), 0.9), 1.0, normal, 0.2)
+            disc = Component(
+                "sersic", np.zeros(3), pos, min(re * rng.uniform(1.5, 2.5), 0.9), 1.0, normal, 0.2
+            )
             parts.append((disc, dt * np.array([2.0, 0.8, 1.0])))
     else:
         main = Component(
-            "sersic", np.zeros(3), pos, re, _sersic_n(rng.uniform(0.6, 1.8)), normal, rng.uniform(0.15, 0.25)
+            "sersic",
+            np.zeros(3),
+            pos,
+            re,
+            _sersic_n(rng.uniform(0.6, 1.8)),
+            normal,
+            rng.uniform(0.15, 0.25),
         )
         parts = [(main, np.ones(3))]
         fk = rng.uniform(0.05, 0.25)  # clumps: bluer than the disc (young stars)
         knots = Component(
-            "knots", np.zeros(3), pos, re, 1.0, normal, main.q0,
-            n_knots=int(rng.integers(5, 26)), knot_seed=int(rng.integers(1, 2**31 - 1)),
+            "knots",
+            np.zeros(3),
+            pos,
+            re,
+            1.0,
+            normal,
+            main.q0,
+            n_knots=int(rng.integers(5, 26)),
+            knot_seed=int(rng.integers(1, 2**31 - 1)),
         )
         parts.append((knots, fk * np.array([2.5, 0.6, 1.0])))
         if rng.random() < 0.5:  # red bulge
             bt = rng.uniform(0.05, 0.3)
             bulge = Component(
-                "sersic", np.zeros(3), pos, max(0.1, re * rng.uniform(0.3, 0.5)),
-                _sersic_n(rng.uniform(2.5, 4.0)), normal, 0.7,
+                "sersic",
+                np.zeros(3),
+                pos,
+                max(0.1, re * rng.uniform(0.3, 0.5)),
+                _sersic_n(rng.uniform(2.5, 4.0)),
+                normal,
+                0.7,
             )
             parts.append((bulge, bt * np.array([0.3, 1.4, 1.0])))
     weights = np.array([w for _, w in parts])  # (k, 3)
@@ -288,7 +314,9 @@ def sample_system(seed: int, galaxy_id: int, label: int) -> System:
             if rng.random() < 0.5:
                 nuc_mag = mag_c + 2.5 * np.log10(rng.uniform(2.0, 5.0))  # nucleus keeps 20-50 %
                 off = _unit(rng) * rng.uniform(0.05, 0.15)
-                nuc = Component("sersic", mag_to_njy(nuc_mag + comp_col), off, 0.08, 2.0, _unit(rng), 0.8)
+                nuc = Component(
+                    "sersic", mag_to_njy(nuc_mag + comp_col), off, 0.08, 2.0, _unit(rng), 0.8
+                )
                 comps.append(nuc)
                 sep3 = float(np.linalg.norm(off))
             cpos = origin + (_unit(rng) * sep3 if sep3 == 0.0 else comps[-1].pos3d)
@@ -304,7 +332,6 @@ def sample_system(seed: int, galaxy_id: int, label: int) -> System:
         for c in comps:
             c.flux = c.flux * (1.0 - f_tidal)
         tidal_flux = galaxy_flux * f_tidal
-        tidal_colour = tidal_flux / tidal_flux.sum()
         e1 = cpos / np.linalg.norm(cpos) if np.linalg.norm(cpos) > 0 else _unit(rng)
         e2 = np.cross(e1, _unit(rng))
         e2 /= np.linalg.norm(e2)
@@ -316,26 +343,51 @@ def sample_system(seed: int, galaxy_id: int, label: int) -> System:
             phi0 = rng.uniform(0, 2 * np.pi)
             for k in range(2):
                 L = rng.uniform(1.0, 3.0)
-                feats.append((_arc_points(prim2, 0.3, 0.3 + L, phi0 + k * np.pi, sense * rng.uniform(1.0, 2.6), 0.15), 1.0))
+                feats.append(
+                    (
+                        _arc_points(
+                            prim2,
+                            0.3,
+                            0.3 + L,
+                            phi0 + k * np.pi,
+                            sense * rng.uniform(1.0, 2.6),
+                            0.15,
+                        ),
+                        1.0,
+                    )
+                )
             if rng.random() < 0.7:  # shells: arcs at increasing radii on alternating sides
                 for k in range(int(rng.integers(2, 5))):
                     r = rng.uniform(0.6, 2.5)
                     span = rng.uniform(1.0, 2.4)
-                    feats.append((_arc_points(prim2, r, r, phi0 + k * np.pi - span / 2, span, 0.15), 0.6))
+                    feats.append(
+                        (_arc_points(prim2, r, r, phi0 + k * np.pi - span / 2, span, 0.15), 0.6)
+                    )
         else:
             # tails launched from each galaxy, pointing away from the other, trailing the orbit
             for start, weight, phi0 in ((prim2, 1.0, np.pi), (comp2, mu**0.5, 0.0)):
                 L = rng.uniform(1.0, 3.0) * (0.6 + 0.4 * weight)
                 r0 = np.linalg.norm(start - com2) + 0.15
-                feats.append((_arc_points(com2, r0, r0 + L, phi0, sense * rng.uniform(0.8, 2.2), 0.15), weight))
+                feats.append(
+                    (
+                        _arc_points(com2, r0, r0 + L, phi0, sense * rng.uniform(0.8, 2.2), 0.15),
+                        weight,
+                    )
+                )
             if stage in ("close", "wide") and rng.random() < 0.5:  # bridge
                 bridge = np.linspace(prim2, comp2, max(4, int(np.linalg.norm(comp2) / 0.15)))[1:-1]
-                bridge = bridge + np.array([0.0, 1.0]) * sense * 0.25 * np.sin(np.linspace(0, np.pi, len(bridge)))[:, None]
+                bridge = (
+                    bridge
+                    + np.array([0.0, 1.0])
+                    * sense
+                    * 0.25
+                    * np.sin(np.linspace(0, np.pi, len(bridge)))[:, None]
+                )
                 if len(bridge):
                     feats.append((bridge, 0.5))
         wsum = sum(w * len(p) for p, w in feats)
         for pts, w in feats:
-            sig = rng.uniform(0.10, 0.18)
+            sig = rng.uniform(0.12, 0.25)  # debris width 1-2 kpc
             flux_each = tidal_flux * (w / wsum)
             for j, p in enumerate(pts):
                 taper = 1.3 - 0.6 * j / max(1, len(pts) - 1)  # debris fades along a tail
@@ -460,7 +512,10 @@ def _component_k(
         return grid.draw(obj), q
     if c.kind == "knots":
         pts = galsim.RandomKnots(
-            c.n_knots, half_light_radius=c.hlr, rng=galsim.BaseDeviate(c.knot_seed), gsparams=GSPARAMS
+            c.n_knots,
+            half_light_radius=c.hlr,
+            rng=galsim.BaseDeviate(c.knot_seed),
+            gsparams=GSPARAMS,
         ).points
         mat = galsim.Shear(q=q, beta=pa * galsim.radians).getMatrix()
         xy = pts @ mat.T + pos[None, :]
@@ -533,11 +588,15 @@ def render_view(
     )
     if sysm.label == 1:
         params["separation_arcsec"] = float(np.linalg.norm((rot @ sysm.companion_pos)[:2]))
-    params["n_galaxies"] = sysm.scalars["n_galaxies"] + (1.0 if sysm.neighbour_pos2d is not None else 0.0)
+    params["n_galaxies"] = sysm.scalars["n_galaxies"] + (
+        1.0 if sysm.neighbour_pos2d is not None else 0.0
+    )
     return img, params
 
 
-def add_noise(img: np.ndarray, sigma: np.ndarray, seed: int, galaxy_id: int, view: int) -> np.ndarray:
+def add_noise(
+    img: np.ndarray, sigma: np.ndarray, seed: int, galaxy_id: int, view: int
+) -> np.ndarray:
     """Target image: ``img`` plus Gaussian sky noise; depends only on (seed, galaxy_id, view)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1, galaxy_id, view]))
     noise = rng.standard_normal(img.shape) * np.asarray(sigma, dtype=float)[:, None, None]
