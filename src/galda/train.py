@@ -133,6 +133,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "split_sizes": datamodule.split_sizes,
         "normalisation": datamodule.stats,
         "wall_time_s": round(time.time() - started, 2),
+        "started_at": started,
+        "finished_at": time.time(),
         "device": _device_name(trainer),
         "git_commit": res.git_commit(),
         "versions": res.package_versions(),
