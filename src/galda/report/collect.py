@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-RESULTS_FILE = "results.json"
+from galda.results import RESULTS_FILE, read_results
 DOMAINS = ("source", "target")
 METRICS = ("acc", "precision", "recall", "f1", "brier", "auroc")
 
@@ -117,8 +117,7 @@ def find_results(dirs: Iterable[str | os.PathLike]) -> list[Path]:
 def load_run(path: Path) -> Run:
     """Read one results.json into a :class:`Run` (raises ValueError on an unusable file)."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            raw = json.load(fh)
+        raw = read_results(path)
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from exc
     if not isinstance(raw, dict):

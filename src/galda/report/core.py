@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import _atomic, tables
+from galda.results import atomic_write_text
+
+from . import tables
 from .collect import aggregate, load_runs, parse_seeds
 
 
@@ -61,16 +63,16 @@ def build_report(
     md = tables.table1_markdown(groups, seeds)
     if problems:
         md += "\nFiles that could not be read:\n" + "".join(f"- {p}\n" for p in problems)
-    files["table1.md"] = _atomic.write_text(out / "table1.md", md)
-    files["table1.csv"] = _atomic.write_text(out / "table1.csv", tables.table1_csv(groups))
-    files["table1.tex"] = _atomic.write_text(out / "table1.tex", tables.table1_latex(groups, seeds))
-    files["metrics.md"] = _atomic.write_text(out / "metrics.md", tables.metrics_markdown(groups))
-    files["metrics.csv"] = _atomic.write_text(out / "metrics.csv", tables.metrics_csv(groups))
+    files["table1.md"] = atomic_write_text(out / "table1.md", md)
+    files["table1.csv"] = atomic_write_text(out / "table1.csv", tables.table1_csv(groups))
+    files["table1.tex"] = atomic_write_text(out / "table1.tex", tables.table1_latex(groups, seeds))
+    files["metrics.md"] = atomic_write_text(out / "metrics.md", tables.metrics_markdown(groups))
+    files["metrics.csv"] = atomic_write_text(out / "metrics.csv", tables.metrics_csv(groups))
     paper_md = None
     if paper:
         paper_md = tables.paper_markdown(groups)
-        files["table1_vs_paper.md"] = _atomic.write_text(out / "table1_vs_paper.md", paper_md)
-        files["table1_vs_paper.csv"] = _atomic.write_text(out / "table1_vs_paper.csv",
+        files["table1_vs_paper.md"] = atomic_write_text(out / "table1_vs_paper.md", paper_md)
+        files["table1_vs_paper.csv"] = atomic_write_text(out / "table1_vs_paper.csv",
                                                           tables.paper_csv(groups))
     if figures:
         from .figures import write_figure1

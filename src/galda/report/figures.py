@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _atomic
+from galda.results import atomic_savefig
 from .collect import (
     METRIC_LABELS,
     METRICS,
@@ -180,8 +180,8 @@ def write_figure1(groups: list[Group], out: Path, data: str, stem: str = "figure
 
     fig = draw_figure1(groups, data)
     try:
-        paths = [_atomic.savefig(fig, Path(out) / f"{stem}.png", dpi=150),
-                 _atomic.savefig(fig, Path(out) / f"{stem}.pdf")]
+        paths = [atomic_savefig(fig, Path(out) / f"{stem}.png", dpi=150),
+                 atomic_savefig(fig, Path(out) / f"{stem}.pdf")]
     finally:
         plt.close(fig)
     return paths
