@@ -37,7 +37,7 @@ test: $(STAMP) ## Run the test suite (CPU only, offline)
 test-fast: $(STAMP) ## The suite without tests marked slow
 	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(ARGS)
 
-table1-quick: $(STAMP) ## Table 1 on 2 CPU cores: DeepMerge x 3 methods x 3 seeds, small set (~1 h)
+table1-quick: $(STAMP) ## Table 1 on 2 CPU cores: DeepMerge x 3 methods x 3 seeds, small set (~40 min)
 	$(PY) -m galda.run experiment=table1_quick hydra/launcher=gpus $(ARGS)
 	$(PY) -m galda.report outputs/multirun/table1_quick --out experiments/table1_quick --paper
 
