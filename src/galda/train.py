@@ -81,6 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return res.read_results(run_dir)
 
     started = time.time()
+    commit = res.git_commit()  # at the start: the code this run trains with
     pl.seed_everything(int(cfg.seed), workers=True)
     meta = identity(cfg)
     if meta["uses_target_labels"]:
@@ -136,7 +137,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "started_at": started,
         "finished_at": time.time(),
         "device": _device_name(trainer),
-        "git_commit": res.git_commit(),
+        "git_commit": commit,
         "versions": res.package_versions(),
         "run_dir": str(run_dir.resolve()),
         "checkpoint": best or None,
