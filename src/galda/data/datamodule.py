@@ -282,9 +282,12 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> CombinedLoader:
         # Shuffling follows the training seed (set by seed_everything), one stream per domain.
         seed = torch.initial_seed() % (2**31)
+        # A method that never looks at target images (the baseline) is not sent them.
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        domains = DOMAINS if getattr(module, "needs_target_batch", True) else ("source",)
         loaders = {
-            d: self._loader(self.datasets[d]["train"], True, shuffle_seed=seed + i)
-            for i, d in enumerate(DOMAINS)
+            d: self._loader(self.datasets[d]["train"], True, shuffle_seed=seed + DOMAINS.index(d))
+            for d in domains
         }
         return CombinedLoader(loaders, mode="max_size_cycle")
 
