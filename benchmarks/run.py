@@ -459,17 +459,10 @@ def build_package(cfg, datamodule, steps: int, warmup: int, device: torch.device
     from hydra.utils import instantiate
 
     from galda.devices import configure_job_resources
+    from galda.train import build_module
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    net = instantiate(cfg.model.net)
-    module = instantiate(
-        cfg.method.module,
-        net=net,
-        optimizer=instantiate(cfg.optim.optimizer),
-        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
-    )
-    if cfg.data.get("channels_last"):
-        module = module.to(memory_format=torch.channels_last)
+    module = build_module(cfg)
     timer = _make_timer_callback(warmup, device, reference)
     trainer = instantiate(
         cfg.trainer,

@@ -59,6 +59,19 @@ def _best_epoch(path: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def build_module(cfg: DictConfig) -> pl.LightningModule:
+    """The method's LightningModule around the model's network, with optimiser and schedule."""
+    module = instantiate(
+        cfg.method.module,
+        net=instantiate(cfg.model.net),
+        optimizer=instantiate(cfg.optim.optimizer),
+        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+    )
+    if cfg.data.get("channels_last"):
+        module = module.to(memory_format=torch.channels_last)
+    return module
+
+
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The keys that name a run in tables: data, model, method, seed (+ honesty flags)."""
     method_cls = get_class(cfg.method.module._target_)
@@ -89,15 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     "oracle" if cfg.method.needs_target_labels else "selection on target")
 
     datamodule = instantiate(cfg.data, _convert_="all")
-    net = instantiate(cfg.model.net)
-    module = instantiate(
-        cfg.method.module,
-        net=net,
-        optimizer=instantiate(cfg.optim.optimizer),
-        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
-    )
-    if cfg.data.get("channels_last"):
-        module = module.to(memory_format=torch.channels_last)
+    module = build_module(cfg)
     loggers = _instantiate_dict(cfg.get("logger"))
     callbacks = [
         cb for cb in _instantiate_dict(cfg.get("callbacks"))
