@@ -19,6 +19,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from galda import results as res
+from galda.checkpointing import AtomicCheckpointIO
 from galda.devices import configure_job_resources
 from galda.errors import GaldaError
 
@@ -112,6 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
         _convert_="partial",
         **configure_job_resources(cfg.get("pin_devices", "auto")),
     )
