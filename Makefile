@@ -28,6 +28,7 @@ gallery: $(STAMP) ## Draw the source/target gallery of the small data set (docs/
 	$(PY) -m galda.simulate.gallery data/simulated/small-seed1 --out docs/img/gallery.png
 
 run: $(STAMP) ## The main job: baseline, MMD and DANN DeepMerge on the small simulated set, side by side
+	$(PY) -m galda.simulate preset=small seed=1 workers=2 out=data/simulated/small-seed1
 	$(PY) -m galda.run experiment=quickstart $(ARGS)
 	$(PY) -m galda.report outputs/multirun/quickstart --out outputs/multirun/quickstart/report
 

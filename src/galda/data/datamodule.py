@@ -191,13 +191,20 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
                 f"(looked in {missing[0].parent}; set paths.data_dir or GALDA_DATA_DIR "
                 f"to move the data directory){hint}"
             )
+        from filelock import FileLock
+
         from galda.simulate import simulate_domains
 
         out = self.paths["source"].parent
         if self.paths["target"].parent != out:
             raise GaldaError("simulated source and target files must share one folder")
-        log.info("Simulating data set '%s' into %s (first use; cached afterwards)", self.name, out)
-        simulate_domains(out=out, progress=True, **self.simulate)
+        out.mkdir(parents=True, exist_ok=True)
+        # Parallel sweep jobs may all find the data missing: one simulates, the others wait for it.
+        with FileLock(str(out / ".simulate.lock")):
+            if all(p.exists() for p in self.paths.values()):
+                return
+            log.info("Simulating data set '%s' into %s (first use; cached afterwards)", self.name, out)
+            simulate_domains(out=out, progress=True, **self.simulate)
 
     def _load(self, domain: str) -> DomainData:
         try:

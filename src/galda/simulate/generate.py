@@ -217,6 +217,7 @@ def simulate_domains(
         "n_mergers": cfg["n_mergers"],
         "n_nonmergers": cfg["n_nonmergers"],
         "sb_limit_mag_arcsec2": float(sb_limit),
+        "sb_limit_convention": P.SB_LIMIT_CONVENTION,
     }
     ours = [p for p in (src_path, tgt_path) if p.exists() and _matches(p, expect)]
     if not overwrite:
@@ -229,7 +230,7 @@ def simulate_domains(
                 "pass overwrite=True (CLI: overwrite=true) or choose another out"
             )
     workers = max(1, int(workers))
-    sigma = np.full(len(P.BAND_NAMES), P.noise_sigma_per_pixel(sb_limit))
+    sigma = P.noise_sigma_per_band(sb_limit)
 
     def chunks(plan: list, noisy: bool) -> list:
         return [

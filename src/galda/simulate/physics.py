@@ -17,8 +17,10 @@ Galaxies at z ~ 2 (FACTS):
 - shapes from a random 3-D orientation (thin-disc / oblate-spheroid projection), colours per galaxy.
 
 Fluxes are physical: AB magnitudes, pixel values in nJy (AB zero point 31.4). The target domain adds
-Gaussian sky noise of a 25 mag/arcsec^2 surface-brightness limit, read as "the 1-sigma pixel-to-pixel
-sky noise expressed as a surface brightness" (5.67 nJy/pixel; see :func:`noise_sigma_per_pixel`).
+Gaussian sky noise of a 25 mag/arcsec^2 surface-brightness limit, read as "the 1-sigma noise of a
+*native* detector pixel (0.03" F814W, 0.065" F356W, 0.06" F160W; FACTS) expressed as a surface
+brightness", carried through the flux-conserving resampling to 0.125" pixels (see
+:func:`noise_sigma_per_pixel`): 1.36 / 2.95 / 2.72 nJy per output pixel.
 
 Mergers: a primary and a companion at flux ratio 0.1-1 (F160W), 3-D separations from a close double
 nucleus (0.05-0.4") to 3", or a coalesced remnant; tidal tails, bridges and shells carry 10-30 % of the
@@ -51,7 +53,12 @@ PIXEL_SCALE_ARCSEC = 0.125
 STAMP_PIXELS = 75
 AB_ZEROPOINT_NJY = 31.4  # m_AB = 31.4 - 2.5 log10(f / nJy)
 SB_LIMIT_MAG_ARCSEC2 = 25.0
-SB_LIMIT_CONVENTION = "1-sigma per-pixel sky noise expressed as a surface brightness"
+SB_LIMIT_CONVENTION = (
+    "1-sigma sky noise of a native detector pixel expressed as a surface brightness, "
+    "resampled (flux-conserving) to the output pixels"
+)
+# Native pixel scales of the instruments the bands come from (FACTS), in BAND_NAMES order.
+NATIVE_PIXEL_SCALE_ARCSEC: tuple[float, ...] = (0.03, 0.065, 0.06)
 FLUX_UNIT = "nJy/pixel"
 
 GSPARAMS = galsim.GSParams(folding_threshold=5e-3, maxk_threshold=1e-3)
@@ -99,17 +106,27 @@ def mag_to_njy(mag: float | np.ndarray) -> float | np.ndarray:
 
 
 def noise_sigma_per_pixel(
-    sb_limit: float = SB_LIMIT_MAG_ARCSEC2, pixel_scale: float = PIXEL_SCALE_ARCSEC
+    sb_limit: float = SB_LIMIT_MAG_ARCSEC2,
+    pixel_scale: float = PIXEL_SCALE_ARCSEC,
+    native_pixel_scale: float | None = None,
 ) -> float:
     """Per-pixel Gaussian sky sigma (nJy) of a surface-brightness limit ``sb_limit`` mag/arcsec^2.
 
-    Convention: the 1-sigma pixel-to-pixel sky noise, expressed as a surface brightness, equals the
-    limit: sigma_pix / pixel_area = F(sb_limit) per arcsec^2, so sigma_pix = F(sb_limit) * pixel_scale^2.
-    For 25 mag/arcsec^2 and 0.125" pixels: 363.1 nJy * 0.015625 = 5.67 nJy. This equals 27.26
-    mag/arcsec^2 at 1 sigma in a 1" x 1" box and a ~26.9 mag 5-sigma point-source depth: the depth of
-    HST CANDELS-wide F160W imaging that the paper's noise was meant to mimic.
+    Convention: the 1-sigma noise of one *native* detector pixel of side p_n, expressed as a surface
+    brightness, equals the limit: sigma_n = F(sb_limit) * p_n^2. The real images were resampled from
+    native pixels to ``pixel_scale`` = p (FACTS); flux-conserving resampling sums (p/p_n)^2
+    independent native pixels, so sigma_p = sigma_n * p / p_n = F(sb_limit) * p_n * p.
+    Without ``native_pixel_scale`` the stamp's own pixels are taken as native (sigma = F * p^2).
+    For 25 mag/arcsec^2 (F = 363.1 nJy/arcsec^2) and p = 0.125": 1.36 nJy (F814W, p_n = 0.03"),
+    2.95 nJy (F356W, 0.065"), 2.72 nJy (F160W, 0.06").
     """
-    return float(mag_to_njy(sb_limit)) * pixel_scale**2
+    native = pixel_scale if native_pixel_scale is None else native_pixel_scale
+    return float(mag_to_njy(sb_limit)) * native * pixel_scale
+
+
+def noise_sigma_per_band(sb_limit: float = SB_LIMIT_MAG_ARCSEC2) -> np.ndarray:
+    """:func:`noise_sigma_per_pixel` for every band, in ``BAND_NAMES`` order."""
+    return np.array([noise_sigma_per_pixel(sb_limit, PIXEL_SCALE_ARCSEC, p) for p in NATIVE_PIXEL_SCALE_ARCSEC])
 
 
 # ---------------------------------------------------------------- PSFs -----------------------------
