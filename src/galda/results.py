@@ -63,18 +63,17 @@ def atomic_savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
 
 
 def _jsonable(value: Any) -> Any:
+    """Plain JSON types; NaN and infinities become null so the file stays standard JSON."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, float) and value != value:  # NaN → null keeps the JSON standard
-        return None
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, np.generic) or (hasattr(value, "item") and callable(value.item)):
+        value = value.item()  # numpy and torch scalars
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
     return value
 
 

@@ -215,7 +215,7 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        self.prepare_data() if not all(p.exists() for p in self.paths.values()) else None
+        self.prepare_data()  # no-op when the files exist (direct use without a Trainer)
         data = {d: self._load(d) for d in DOMAINS}
         shapes = {d: data[d].images.shape[1:] for d in DOMAINS}
         if shapes["source"] != shapes["target"]:
