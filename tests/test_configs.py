@@ -51,4 +51,5 @@ def test_every_model_and_method_builds(composer, model, method):
     cfg = composer([f"model={model}", f"method={method}"])
     module = build_module(cfg)
     assert isinstance(module, MergerClassifier)
-    assert type(module).uses_target_labels == (method == "oracle") == cfg.method.needs_target_labels
+    assert type(module).uses_target_labels == (method == "oracle")
+    assert type(module).uses_target_images == (method != "baseline")

@@ -62,12 +62,24 @@ def test_training_batches_hold_no_target_labels(tmp_path):
     assert x_s.shape == (8, 3, 75, 75) and y_s.shape == (8,)
     assert isinstance(batch["target"], torch.Tensor) and batch["target"].shape == (8, 3, 75, 75)
     assert set(dm.val_dataloader()) == {"source", "target"}
-    x, y = next(iter(dm.test_dataloader()["target"]))
-    assert y.dtype == torch.int64
+    batch = next(iter(dm.test_dataloader()["target"]))
+    assert batch["label"].dtype == torch.int64 and batch["image"].shape[1:] == (3, 75, 75)
+    # rows point back into the file: same galaxy ids, same (normalised) pixels
+    data = read_domain(dm.paths["target"])
+    rows = batch["index"].numpy()
+    test_ids = split_galaxies(np.concatenate([dm.galaxy_ids["source"], data.galaxy_id]),
+                              (0.7, 0.1, 0.2), 0)["test"]
+    assert np.isin(data.galaxy_id[rows], test_ids).all()
+    mean = np.asarray(dm.stats["target"]["mean"])[:, None, None]
+    std = np.asarray(dm.stats["target"]["std"])[:, None, None]
+    np.testing.assert_allclose(batch["image"].numpy(), (data.images[rows] - mean) / std, atol=1e-5)
 
 
 def test_oracle_flag_exposes_target_labels(tmp_path):
-    dm, _, _ = _dm(tmp_path, target_labels_in_training=True)
+    src, tgt = make_domain_files(tmp_path)
+    dm = DomainAdaptationDataModule(str(src), str(tgt), name="synthetic", batch_size=8)
+    dm.configure_training(target_images=True, target_labels=True)
+    dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     batch = batch[0] if isinstance(batch, tuple) else batch
     assert isinstance(batch["target"], (tuple, list)) and len(batch["target"]) == 2
@@ -75,8 +87,20 @@ def test_oracle_flag_exposes_target_labels(tmp_path):
 
 def test_unlabelled_target_is_allowed(tmp_path):
     dm, _, _ = _dm(tmp_path, labelled_target=False)
-    assert dm.eval_domains == ["source"]
-    assert list(dm.test_dataloader()) == ["source"]
+    assert dm.eval_domains == ["source"] and dm.labelled == {"source": True, "target": False}
+    # unlabelled target images are still evaluated (label-free validators, predictions)
+    assert list(dm.test_dataloader()) == ["source", "target"]
+    assert "label" not in next(iter(dm.val_dataloader()["target"]))
+
+
+def test_baseline_loader_yields_no_target_batch(tmp_path):
+    src, tgt = make_domain_files(tmp_path)
+    dm = DomainAdaptationDataModule(str(src), str(tgt), name="synthetic", batch_size=8)
+    dm.configure_training(target_images=False, target_labels=False)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    batch = batch[0] if isinstance(batch, tuple) else batch
+    assert set(batch) == {"source"}
 
 
 def test_missing_imported_file_names_file_and_hint(tmp_path):

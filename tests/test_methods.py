@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from galda.losses import ganin_coefficient
 from galda.methods import BaselineClassifier, DANNClassifier, MMDClassifier
+from galda.methods.base import StepOutputs
 from galda.models import TinyNet
 
 
@@ -81,9 +82,7 @@ def test_reversal_coefficient_follows_training_progress():
 def test_mmd_module_adds_a_positive_transfer_loss_on_shifted_data():
     module = MMDClassifier(TinyNet(), optimizer=_opt(), bandwidths="median")
     data = _Paired(n=32)
-    feats_s = module.net(data.xs)[0]
-    feats_t = module.net(data.xt)[0]
-    loss, _ = module.transfer_loss(feats_s, feats_t)
+    loss, _ = module.transfer_loss(StepOutputs(*module.net(data.xs)), StepOutputs(*module.net(data.xt)))
     assert loss.item() > 0 and loss.requires_grad
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,11 +35,39 @@ from torchmetrics.functional.classification import (
     binary_recall,
 )
 from torchmetrics.functional.classification import binary_roc as _tm_binary_roc
+from torchmetrics import MeanSquaredError, MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+)
 
-__all__ = ["METRIC_NAMES", "binary_metrics", "binary_confusion", "binary_roc"]
+__all__ = ["METRIC_NAMES", "binary_metrics", "binary_confusion", "binary_roc", "metric_collection"]
 
 #: Order of the metric keys in :func:`binary_metrics` (also the order of Figure 1's bars).
 METRIC_NAMES: tuple[str, ...] = ("acc", "precision", "recall", "f1", "brier", "auroc")
+
+def metric_collection(prefix: str = "", names: Sequence[str] = METRIC_NAMES) -> MetricCollection:
+    """The same metrics as torchmetrics objects, ``update(probs, labels)``, for a LightningModule.
+
+    Lightning reduces their states at the epoch's end (across processes too). Brier score is the
+    mean squared error between P(merger) and the label.
+    """
+    factories = {
+        "acc": BinaryAccuracy,
+        "precision": BinaryPrecision,
+        "recall": BinaryRecall,
+        "f1": BinaryF1Score,
+        "brier": MeanSquaredError,
+        "auroc": BinaryAUROC,
+    }
+    unknown = sorted(set(names) - set(factories))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; known: {list(factories)}")
+    return MetricCollection({n: factories[n]() for n in names}, prefix=prefix)
+
 
 def _prepare(probs: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
     p = torch.as_tensor(np.asarray(probs) if not isinstance(probs, torch.Tensor) else probs)

@@ -46,7 +46,7 @@ def _is_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(find_config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Train one job; return the selection score (for Hydra sweepers)."""
+    """Train one job; return the selection monitor's best value (for Hydra sweepers)."""
     from galda.train import train, write_failure
 
     try:
@@ -64,7 +64,7 @@ def main(cfg: DictConfig) -> float | None:
         log.exception("job failed: %s (recorded in results.json; the sweep goes on)", err)
         return None
     _print_summary(results, cfg)
-    return results.get("val/source/acc")
+    return results["selection"]["best_score"]
 
 
 def _print_summary(results: dict, cfg: DictConfig) -> None:

@@ -1,7 +1,7 @@
-"""``train(cfg) -> results``: build everything from the config, fit, test, write results.
+"""``train(cfg) -> results``: build everything from the config, check it, fit, test, write results.
 
 One run = one folder (Hydra's output dir) holding ``results.json``, ``predictions.npz``,
-``checkpoints/`` (best by the selection metric, and ``last.ckpt`` for resuming) and ``csv/``.
+``checkpoints/`` (best by the selection monitor, and ``last.ckpt`` for resuming) and ``csv/``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,18 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from galda import results as res
+from galda.callbacks import PredictionWriter
 from galda.checkpointing import AtomicCheckpointIO
 from galda.devices import configure_job_resources
 from galda.errors import GaldaError
+from galda.metrics import binary_confusion
+from galda.provision import datamodule_config, ensure_data
 
 log = logging.getLogger(__name__)
+
+#: Trainer settings that make a run a smoke test (its numbers never enter a table)
+SMOKE_DEFAULTS = {"fast_dev_run": False, "max_steps": -1, "limit_train_batches": 1.0,
+                  "limit_val_batches": 1.0, "limit_test_batches": 1.0}
 
 
 def _device_name(trainer: pl.Trainer) -> str:
@@ -60,17 +67,40 @@ def _best_epoch(path: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def is_smoke(trainer_cfg: DictConfig) -> bool:
+    """True when Trainer settings cut the run short (fast_dev_run, limit_*_batches, max_steps)."""
+    return any(trainer_cfg.get(k, v) not in (v, None) for k, v in SMOKE_DEFAULTS.items())
+
+
 def build_module(cfg: DictConfig) -> pl.LightningModule:
-    """The method's LightningModule around the model's network, with optimiser and schedule."""
+    """The method's LightningModule around the model's network, with optimiser and schedule.
+
+    The network goes in as its config, so the checkpoint can rebuild it on its own.
+    """
     module = instantiate(
         cfg.method.module,
-        net=instantiate(cfg.model.net),
+        net=cfg.model.net,
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+        _recursive_=False,
+        _convert_="all",  # plain dicts: the checkpoint loads with torch.load(weights_only=True)
     )
     if cfg.data.get("channels_last"):
         module = module.to(memory_format=torch.channels_last)
     return module
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any] | None = None,
+                  loggers: list[Any] | None = None, **overrides: Any) -> pl.Trainer:
+    """The Trainer from ``cfg.trainer`` (atomic checkpoint writes; overrides win)."""
+    return instantiate(
+        cfg.trainer,
+        callbacks=callbacks or [],
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        _convert_="partial",
+        **overrides,
+    )
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
@@ -82,9 +112,26 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
         "model": cfg.model.name,
         "method": cfg.method.name,
         "seed": int(cfg.seed),
-        "uses_target_labels": bool(method_cls.uses_target_labels or "target" in monitor),
+        "uses_target_images": bool(method_cls.uses_target_images),
+        # a run is marked ‡ when target labels trained it or chose its checkpoint
+        "uses_target_labels": bool(method_cls.uses_target_labels) or monitor.startswith("val/target/"),
         "selection": {"monitor": monitor, "mode": str(cfg.selection.mode)},
     }
+
+
+def _callbacks_and_loggers(cfg: DictConfig, run_dir: Path) -> tuple[list[Any], list[Any]]:
+    loggers = _instantiate_dict(cfg.get("logger"))
+    callbacks = [
+        cb for cb in _instantiate_dict(cfg.get("callbacks"))
+        if loggers or not isinstance(cb, pl.callbacks.LearningRateMonitor)  # needs a logger
+    ]
+    if not any(isinstance(cb, PredictionWriter) for cb in callbacks):
+        callbacks.append(PredictionWriter(str(run_dir)))
+    return callbacks, loggers
+
+
+def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k.startswith(prefix)}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -99,45 +146,54 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(int(cfg.seed), workers=True)
     meta = identity(cfg)
     if meta["uses_target_labels"]:
-        log.warning("This run uses TARGET LABELS (%s); its results are labelled as such.",
-                    "oracle" if cfg.method.needs_target_labels else "selection on target")
+        log.warning("This run uses TARGET LABELS (%s); its results are marked ‡.",
+                    "in training" if get_class(cfg.method.module._target_).uses_target_labels
+                    else f"selection on {meta['selection']['monitor']}")
 
-    datamodule = instantiate(cfg.data, _convert_="all")
+    ensure_data(cfg.data)
+    datamodule = instantiate(datamodule_config(cfg.data), _convert_="all")
     module = build_module(cfg)
-    loggers = _instantiate_dict(cfg.get("logger"))
-    callbacks = [
-        cb for cb in _instantiate_dict(cfg.get("callbacks"))
-        if loggers or not isinstance(cb, pl.callbacks.LearningRateMonitor)  # needs a logger
-    ]
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
-        _convert_="partial",
-        **configure_job_resources(cfg.get("pin_devices", "auto")),
-    )
+    datamodule.configure_training(module.uses_target_images, type(module).uses_target_labels)
+    callbacks, loggers = _callbacks_and_loggers(cfg, run_dir)
+    trainer = build_trainer(cfg, callbacks, loggers,
+                            **configure_job_resources(cfg.get("pin_devices", "auto")))
+    datamodule.trainer = trainer  # the device for data.on_device
+    datamodule.setup("fit")
+    module.set_normalisation(datamodule.stats, datamodule.image_shape,
+                             datamodule.attrs["source"].get("band_names"))
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg, run_dir))
         ckpt_cb = trainer.checkpoint_callback
-        best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        best = (ckpt_cb.best_model_path if ckpt_cb is not None else "") or None
+        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        test_metrics = _scalars(trainer.callback_metrics, "test/")
+        # the selected checkpoint's validation metrics and validators, as the monitor saw them
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        val_metrics = _scalars(trainer.callback_metrics, "val/")
     finally:
         _finish_wandb(loggers)
 
+    monitor = meta["selection"]["monitor"]
+    best_score = (float(ckpt_cb.best_model_score)
+                  if ckpt_cb is not None and ckpt_cb.best_model_score is not None else None)
+    meta["selection"]["best_score"] = best_score
+    predictions = next(cb for cb in callbacks if isinstance(cb, PredictionWriter)).arrays
     results: dict[str, Any] = {
-        "status": "complete",
+        "status": "smoke" if is_smoke(cfg.trainer) else "complete",
         "error": None,
         **meta,
         "epochs_run": int(trainer.current_epoch),
         "best_epoch": _best_epoch(best),
-        "val/source/acc": (float(ckpt_cb.best_model_score)
-                           if ckpt_cb is not None and ckpt_cb.best_model_score is not None else None),
-        **{k: v for k, v in module.test_results.items() if k != "confusion"},
-        "confusion": module.test_results.get("confusion", {}),
+        monitor: best_score,
+        **test_metrics,
+        "validation": val_metrics,
+        "validators": {k.rsplit("/", 1)[-1]: v for k, v in val_metrics.items()
+                       if k.startswith("val/validator/")},
+        "confusion": {d: binary_confusion(predictions[f"{d}_probs"], predictions[f"{d}_labels"])
+                      for d in ("source", "target") if f"{d}_labels" in predictions},
         "split_sizes": datamodule.split_sizes,
         "normalisation": datamodule.stats,
         "wall_time_s": round(time.time() - started, 2),
@@ -147,12 +203,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "git_commit": commit,
         "versions": res.package_versions(),
         "run_dir": str(run_dir.resolve()),
-        "checkpoint": best or None,
+        "checkpoint": best,
         "predictions": res.PREDICTIONS_FILE,
         "overrides": _task_overrides(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if trainer.is_global_zero:
-        res.write_predictions(run_dir, module.test_predictions)
         res.write_results(run_dir, results)
     return results
 

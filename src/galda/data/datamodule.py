@@ -4,8 +4,9 @@ Data flow: domain HDF5 files (``galda.data.h5format``) → split by galaxy → p
 normalisation with training-split statistics → in-memory tensors → batch-at-a-time loaders.
 
 Training batches are ``{"source": (x, y), "target": x}``: the target training set is built
-without labels, so they cannot reach a training step (unless ``target_labels_in_training`` is
-set, which only the explicitly labelled ``oracle`` method does).
+without labels, so they cannot reach a training step (unless the method declares
+``uses_target_labels``, which only the explicitly labelled ceiling rows do). Evaluation batches
+are ``{"image", "index"[, "label"]}`` with the row index in the domain file.
 """
 
 from __future__ import annotations
@@ -36,31 +37,41 @@ class DataMissingError(GaldaError):
 
 
 class ArrayDataset(Dataset):
-    """Images (and optionally labels) held as tensors.
+    """Images (and optionally labels and file row indices) held as tensors.
 
-    ``__getitems__`` returns a whole batch with one indexing operation, so the DataLoader does
-    no per-sample collation (use :func:`identity_collate`).
+    Without ``rows`` an item is ``x`` or ``(x, y)`` (training); with ``rows`` it is a dict
+    ``{"image", "index"[, "label"]}`` (evaluation). ``__getitems__`` returns a whole batch with one
+    indexing operation, so the DataLoader does no per-sample collation (:func:`identity_collate`).
     """
 
-    def __init__(self, images: Tensor, labels: Tensor | None = None) -> None:
+    def __init__(
+        self, images: Tensor, labels: Tensor | None = None, rows: Tensor | None = None
+    ) -> None:
         self.images = images
         self.labels = labels
+        self.rows = rows
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def __getitem__(self, index: int) -> Tensor | tuple[Tensor, Tensor]:
-        if self.labels is None:
-            return self.images[index]
-        return self.images[index], self.labels[index]
-
-    def __getitems__(self, indices: Sequence[int]) -> Tensor | tuple[Tensor, Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        if self.images.device.type != "cpu":
-            idx = idx.to(self.images.device, non_blocking=True)
+    def _take(self, idx: Any) -> Any:
+        if self.rows is not None:
+            item = {"image": self.images[idx], "index": self.rows[idx]}
+            if self.labels is not None:
+                item["label"] = self.labels[idx]
+            return item
         if self.labels is None:
             return self.images[idx]
         return self.images[idx], self.labels[idx]
+
+    def __getitem__(self, index: int) -> Any:
+        return self._take(index)
+
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        if self.images.device.type != "cpu":
+            idx = idx.to(self.images.device, non_blocking=True)
+        return self._take(idx)
 
 
 class EpochSeededSampler(torch.utils.data.Sampler[int]):
@@ -133,18 +144,18 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
     """Source (labelled) and target (unlabelled in training) domains, split by galaxy.
 
     Args:
-        source_path, target_path: domain HDF5 files.
+        source_path, target_path: domain HDF5 files (``galda.data.h5format``).
         name: data-set name used in results and folder names.
-        simulate: ``{preset, seed, workers}`` to make the files with ``galda.simulate`` when
-            absent; ``None`` for imported data (a missing file is then an error).
         batch_size: images per domain per step (the paper: 128 + 128).
         split_seed: seed of the galaxy split; independent of the training seed.
         split_fractions: train / val / test fractions of galaxies (paper: 0.7 / 0.1 / 0.2).
         num_workers: DataLoader worker processes (0 is fastest for in-memory tensors).
         on_device: move the normalised tensors to the accelerator once (GPU runs).
         channels_last: store images in channels-last memory format.
-        target_labels_in_training: expose target labels to training (oracle only).
         missing_hint: text shown when a file is missing (how to obtain and ingest it).
+
+    ``train()`` calls :meth:`configure_training` with the method's declared needs before setup:
+    which domains the training loader yields, and whether target labels go with them.
     """
 
     def __init__(
@@ -152,59 +163,53 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         source_path: str,
         target_path: str,
         name: str = "data",
-        simulate: dict | None = None,
         batch_size: int = 128,
         split_seed: int = 0,
         split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
         num_workers: int = 0,
         on_device: bool = False,
         channels_last: bool = False,
-        target_labels_in_training: bool = False,
         missing_hint: str | None = None,
     ) -> None:
         super().__init__()
         self.paths = {"source": Path(source_path), "target": Path(target_path)}
         self.name = name
-        self.simulate = dict(simulate) if simulate else None
         self.batch_size = int(batch_size)
         self.split_seed = int(split_seed)
         self.split_fractions = tuple(float(f) for f in split_fractions)
         self.num_workers = int(num_workers)
         self.on_device = bool(on_device)
         self.channels_last = bool(channels_last)
-        self.target_labels_in_training = bool(target_labels_in_training)
         self.missing_hint = missing_hint
+        self.train_domains: tuple[str, ...] = DOMAINS
+        self.target_labels_in_training = False
         self.datasets: dict[str, dict[str, ArrayDataset]] = {}
         self.stats: dict[str, dict[str, list[float]]] = {}
         self.split_sizes: dict[str, dict[str, int]] = {}
+        self.labelled: dict[str, bool] = {}
+        self.attrs: dict[str, dict[str, Any]] = {}
+        self.galaxy_ids: dict[str, np.ndarray] = {}
+        self.image_shape: tuple[int, ...] = ()
+
+    def configure_training(self, target_images: bool, target_labels: bool) -> None:
+        """What the training loader yields: source only, or source and target (with labels)."""
+        if self.datasets:
+            raise RuntimeError("configure_training must be called before setup()")
+        self.train_domains = DOMAINS if target_images or target_labels else ("source",)
+        self.target_labels_in_training = bool(target_labels)
 
     # -- preparation ----------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Make the simulated files on first use (runs on one process only)."""
+        """Refuse missing files with the path and how to get them (simulated sets are made by
+        the app before the DataModule is built: ``galda.provision``)."""
         missing = [p for p in self.paths.values() if not p.exists()]
-        if not missing:
-            return
-        if self.simulate is None:
+        if missing:
             hint = f"\n{self.missing_hint.strip()}" if self.missing_hint else ""
             raise DataMissingError(
                 f"data set '{self.name}': file not found: {missing[0]} "
                 f"(looked in {missing[0].parent}; set paths.data_dir or GALDA_DATA_DIR "
                 f"to move the data directory){hint}"
             )
-        from filelock import FileLock
-
-        from galda.simulate import simulate_domains
-
-        out = self.paths["source"].parent
-        if self.paths["target"].parent != out:
-            raise GaldaError("simulated source and target files must share one folder")
-        out.mkdir(parents=True, exist_ok=True)
-        # Parallel sweep jobs may all find the data missing: one simulates, the others wait for it.
-        with FileLock(str(out / ".simulate.lock")):
-            if all(p.exists() for p in self.paths.values()):
-                return
-            log.info("Simulating data set '%s' into %s (first use; cached afterwards)", self.name, out)
-            simulate_domains(out=out, progress=True, **self.simulate)
 
     def _load(self, domain: str) -> DomainData:
         try:
@@ -215,7 +220,7 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        self.prepare_data()  # no-op when the files exist (direct use without a Trainer)
+        self.prepare_data()
         data = {d: self._load(d) for d in DOMAINS}
         shapes = {d: data[d].images.shape[1:] for d in DOMAINS}
         if shapes["source"] != shapes["target"]:
@@ -225,35 +230,45 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
             )
         if data["source"].labels is None:
             raise GaldaError(f"{self.paths['source']}: the source domain must have labels")
+        self.image_shape = tuple(int(v) for v in shapes["source"])
         ids = np.concatenate([data[d].galaxy_id for d in DOMAINS])
         split = split_galaxies(ids, self.split_fractions, self.split_seed)
-        device = self._device()
         for domain in DOMAINS:
-            dd = data[domain]
-            masks = {s: np.isin(dd.galaxy_id, split[s]) for s in SPLITS}
-            train_images = dd.images[masks["train"]]
-            if len(train_images) == 0:
-                raise GaldaError(f"{self.paths[domain]}: no images in the training split")
-            mean, std = channel_stats(train_images)
-            self.stats[domain] = {"mean": mean.tolist(), "std": std.tolist()}
-            images = torch.from_numpy(dd.images)
-            images = (images - torch.tensor(mean, dtype=torch.float32)[None, :, None, None]) / (
-                torch.tensor(std, dtype=torch.float32)[None, :, None, None]
-            )
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = torch.from_numpy(dd.labels) if dd.labels is not None else None
-            self.datasets[domain] = {}
-            self.split_sizes[domain] = {}
-            for s in SPLITS:
-                idx = torch.from_numpy(np.flatnonzero(masks[s]))
-                x = images[idx].to(device)
-                y = labels[idx].to(device) if labels is not None else None
-                if s == "train" and domain == "target" and not self.target_labels_in_training:
+            self._setup_domain(domain, data[domain], split)
+        log.info("Split by galaxy (split_seed=%d): %s", self.split_seed, self.split_sizes)
+
+    def _setup_domain(self, domain: str, dd: DomainData, split: dict[str, np.ndarray]) -> None:
+        """Normalise with training-split statistics and build the three split datasets."""
+        masks = {s: np.isin(dd.galaxy_id, split[s]) for s in SPLITS}
+        train_images = dd.images[masks["train"]]
+        if len(train_images) == 0:
+            raise GaldaError(f"{self.paths[domain]}: no images in the training split")
+        mean, std = channel_stats(train_images)
+        self.stats[domain] = {"mean": mean.tolist(), "std": std.tolist()}
+        self.labelled[domain] = dd.labels is not None
+        self.attrs[domain] = dict(dd.attrs)
+        self.galaxy_ids[domain] = np.asarray(dd.galaxy_id)
+        images = torch.from_numpy(dd.images)
+        images = (images - torch.tensor(mean, dtype=torch.float32)[None, :, None, None]) / (
+            torch.tensor(std, dtype=torch.float32)[None, :, None, None]
+        )
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = torch.from_numpy(dd.labels) if dd.labels is not None else None
+        device = self._device()
+        self.datasets[domain] = {}
+        self.split_sizes[domain] = {}
+        for s in SPLITS:
+            idx = torch.from_numpy(np.flatnonzero(masks[s]))
+            x = images[idx].to(device)
+            y = labels[idx].to(device) if labels is not None else None
+            if s == "train":
+                if domain == "target" and not self.target_labels_in_training:
                     y = None  # target labels never reach training
                 self.datasets[domain][s] = ArrayDataset(x, y)
-                self.split_sizes[domain][s] = int(len(idx))
-        log.info("Split by galaxy (split_seed=%d): %s", self.split_seed, self.split_sizes)
+            else:
+                self.datasets[domain][s] = ArrayDataset(x, y, rows=idx.to(device))
+            self.split_sizes[domain][s] = int(len(idx))
 
     def _device(self) -> torch.device:
         if not self.on_device:
@@ -266,7 +281,7 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
     @property
     def eval_domains(self) -> list[str]:
         """Domains with labels in the evaluation splits, in loader order."""
-        return [d for d in DOMAINS if self.datasets[d]["test"].labels is not None]
+        return [d for d in DOMAINS if self.labelled.get(d)]
 
     # -- loaders --------------------------------------------------------------------------
     def _loader(
@@ -289,22 +304,20 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> CombinedLoader:
         # Shuffling follows the training seed (set by seed_everything), one stream per domain.
         seed = torch.initial_seed() % (2**31)
-        # A method that never looks at target images (the baseline) is not sent them.
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        domains = DOMAINS if getattr(module, "needs_target_batch", True) else ("source",)
         loaders = {
             d: self._loader(self.datasets[d]["train"], True, shuffle_seed=seed + DOMAINS.index(d))
-            for d in domains
+            for d in self.train_domains
         }
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def val_dataloader(self) -> dict[str, DataLoader]:
-        return {d: self._loader(self.datasets[d]["val"], False) for d in self.eval_domains}
+        # Unlabelled target images are evaluated too: label-free validators read them.
+        return {d: self._loader(self.datasets[d]["val"], False) for d in DOMAINS}
 
     def test_dataloader(self) -> dict[str, DataLoader]:
-        return {d: self._loader(self.datasets[d]["test"], False) for d in self.eval_domains}
+        return {d: self._loader(self.datasets[d]["test"], False) for d in DOMAINS}
 
-    # Normalisation statistics travel with checkpoints so a saved model can be applied later.
+    # Normalisation statistics travel with checkpoints (also in the module's buffers).
     def state_dict(self) -> dict[str, Any]:
         return {"stats": self.stats, "split_seed": self.split_seed, "name": self.name}
 

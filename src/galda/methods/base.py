@@ -1,55 +1,70 @@
-"""The shared merger classifier: the training loop, optimiser, schedule and metrics.
+"""The shared merger classifier: the training step, optimiser, schedule and metrics.
 
 Total loss (Ćiprijanović et al. 2020, Eq. 1)::
 
-    L = CE(source) + λ · L_TL(source features, target features)
+    L = CE(source) + λ · L_TL(source, target)
         [+ w_F · Fisher(source features)  + w_H · H(target predictions)]   (DeepMerge II)
 
-Subclasses override only :meth:`MergerClassifier.transfer_loss` (and, when they own parameters
-that train at their own rate, :meth:`MergerClassifier.extra_parameter_groups`).
+A method subclass declares once, as class attributes, whether it trains on target images
+(``uses_target_images``) and on target labels (``uses_target_labels``), and overrides only
+:meth:`MergerClassifier.transfer_loss` (plus :meth:`extra_parameter_groups` when it owns
+parameters that train at their own rate).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from galda.losses import FisherLoss, entropy_loss
-from galda.metrics import binary_confusion, binary_metrics
+from galda.metrics import METRIC_NAMES, metric_collection
+from galda.rng import restore_rng_state, rng_state
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
+DOMAINS = ("source", "target")
+STAGES = ("val", "test")
+
+
+class StepOutputs(NamedTuple):
+    """What the network returns for one domain's batch."""
+
+    features: Tensor
+    logits: Tensor
 
 
 class MergerClassifier(pl.LightningModule):
     """Cross-entropy on labelled source images plus an optional transfer loss.
 
     Args:
-        net: a network returning ``(features, logits)`` with ``feature_dim`` and
-            ``parameter_groups()`` (see ``galda.models``).
+        net: a network returning ``(features, logits)`` with ``feature_dim``, ``in_channels`` and
+            ``parameter_groups()`` (``galda.models``), or its Hydra config (then it is built here
+            and stored in the hyper-parameters, so ``load_from_checkpoint(path)`` needs nothing else).
         optimizer: a partial optimiser (Hydra ``_partial_: true``), called with parameter groups.
-        scheduler: a partial one-cycle schedule, called with ``optimizer``, ``max_lr`` (per group)
-            and ``total_steps``; stepped every batch. ``None`` for a constant rate.
+        scheduler: a partial schedule, called with ``optimizer``, ``max_lr`` (per group) and
+            ``total_steps``; stepped every batch. ``None`` for a constant rate.
         transfer_weight: λ in Eq. 1.
         fisher_weight: weight of DeepMerge II's Fisher loss on source features (0 = off).
         entropy_weight: weight of entropy minimisation on target predictions (0 = off).
     """
 
-    #: whether the transfer loss needs target images in the training step
-    uses_target: ClassVar[bool] = True
-    #: whether the method trains on target labels (only the labelled ``oracle`` does)
+    #: the training step receives target images
+    uses_target_images: ClassVar[bool] = True
+    #: the training step receives target labels (only the ceiling rows)
     uses_target_labels: ClassVar[bool] = False
 
     def __init__(
         self,
-        net: nn.Module,
+        net: nn.Module | Mapping[str, Any],
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         transfer_weight: float = 1.0,
@@ -57,36 +72,72 @@ class MergerClassifier(pl.LightningModule):
         entropy_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
-        self.net = net
+        if isinstance(net, DictConfig):
+            net = OmegaConf.to_container(net, resolve=True)  # plain dict in the checkpoint
+        ignore = ["optimizer", "scheduler"] + (["net"] if isinstance(net, nn.Module) else [])
+        self.save_hyperparameters(ignore=ignore)  # also collects the subclass's arguments
+        self.net = net if isinstance(net, nn.Module) else instantiate(net)
         self.optimizer_factory = optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
         self.scheduler_factory = scheduler
         self.transfer_weight = float(transfer_weight)
         self.fisher_weight = float(fisher_weight)
         self.entropy_weight = float(entropy_weight)
-        self.fisher = FisherLoss(net.feature_dim) if self.fisher_weight > 0 else None
-        self._eval_outputs: dict[str, dict[str, list[Tensor]]] = {}
-        self._train_sums: dict[str, Tensor] = {}
-        self._train_steps = 0
-        self.test_results: dict[str, Any] = {}
-        self.test_predictions: dict[str, np.ndarray] = {}
+        if self.entropy_weight > 0:
+            self.uses_target_images = True  # entropy minimisation reads target predictions
+        self.fisher = FisherLoss(self.net.feature_dim) if self.fisher_weight > 0 else None
+        channels = int(self.net.in_channels)
+        self.register_buffer("norm_mean", torch.zeros(len(DOMAINS), channels))
+        self.register_buffer("norm_std", torch.ones(len(DOMAINS), channels))
+        self.input_info: dict[str, Any] = {}  # image_shape, bands: set from the data
+        # Validation needs accuracy only (every epoch); the test stage gets the full set.
+        self.metrics = nn.ModuleDict({
+            f"{s}_{d}": metric_collection(f"{s}/{d}/", ("acc",) if s == "val" else METRIC_NAMES)
+            for s in STAGES for d in DOMAINS
+        })
+        self.losses = nn.ModuleDict({f"{s}_{d}": MeanMetric() for s in STAGES for d in DOMAINS})
 
-    # -- the hook subclasses override -----------------------------------------------------
+    # -- the hooks subclasses override ----------------------------------------------------
     def transfer_loss(
-        self, source_features: Tensor, target_features: Tensor
-    ) -> tuple[Tensor, dict[str, float | Tensor]]:
+        self, source: StepOutputs, target: StepOutputs
+    ) -> tuple[Tensor, dict[str, Tensor | float]]:
         """Return ``(L_TL, extra values to log)``; the baseline has none."""
-        return source_features.new_zeros(()), {}
+        return source.features.new_zeros(()), {}
 
     def extra_parameter_groups(self) -> list[dict]:
         """Parameter groups beyond the network's, with their ``lr_mult``."""
         return []
 
-    # -- training -------------------------------------------------------------------------
-    @property
-    def needs_target_batch(self) -> bool:
-        return type(self).uses_target or self.entropy_weight > 0
+    def supervised_target_loss(self, target: StepOutputs, labels: Tensor) -> Tensor:
+        """Loss on labelled target images: only methods with ``uses_target_labels`` call it."""
+        return F.cross_entropy(target.logits, labels)
 
+    # -- normalisation travels with the model ---------------------------------------------
+    def set_normalisation(
+        self,
+        stats: Mapping[str, Mapping[str, Sequence[float]]],
+        image_shape: Sequence[int] | None = None,
+        bands: Sequence[str] | None = None,
+    ) -> None:
+        """Store per-domain training-split ``{"mean", "std"}`` and the input's shape and bands."""
+        for row, domain in enumerate(DOMAINS):
+            self.norm_mean[row] = torch.as_tensor(stats[domain]["mean"], dtype=torch.float32)
+            self.norm_std[row] = torch.as_tensor(stats[domain]["std"], dtype=torch.float32)
+        self.input_info = {"image_shape": list(image_shape) if image_shape else None,
+                           "bands": list(bands) if bands else None}
+
+    # Saved in the state dict (so in every checkpoint) beside the normalisation buffers.
+    def get_extra_state(self) -> dict[str, Any]:
+        return dict(self.input_info)
+
+    def set_extra_state(self, state: Any) -> None:
+        self.input_info = dict(state or {})
+
+    def normalise(self, x: Tensor, domain: str = "target") -> Tensor:
+        """(x − mean_domain) / std_domain per channel, for raw images as stored in the files."""
+        row = DOMAINS.index(domain)
+        return (x - self.norm_mean[row, :, None, None]) / self.norm_std[row, :, None, None]
+
+    # -- training -------------------------------------------------------------------------
     @property
     def progress(self) -> float:
         """Training progress p ∈ [0, 1] from Lightning's own counters (no hidden state)."""
@@ -99,158 +150,94 @@ class MergerClassifier(pl.LightningModule):
         return min(1.0, self.global_step / float(total))
 
     def forward(self, x: Tensor) -> Tensor:
-        """Class logits."""
+        """Class logits of normalised images."""
         return self.net(x)[1]
+
+    def _forward_domains(
+        self, x_s: Tensor, x_t: Tensor | None
+    ) -> tuple[StepOutputs, StepOutputs | None]:
+        """One forward pass over source and target together (batch norm sees both domains)."""
+        if x_t is None:
+            return StepOutputs(*self.net(x_s)), None
+        features, logits = self.net(torch.cat([x_s, x_t]))
+        n_s = x_s.shape[0]
+        return (
+            StepOutputs(features[:n_s], logits[:n_s]),
+            StepOutputs(features[n_s:], logits[n_s:]),
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         x_s, y_s = batch["source"]
-        n_s = x_s.shape[0]
-        target = batch.get("target")
-        if self.needs_target_batch:
-            x_t = target[0] if isinstance(target, (tuple, list)) else target
-            features, logits = self.net(torch.cat([x_s, x_t]))
-            f_s, f_t = features[:n_s], features[n_s:]
-            logits_s, logits_t = logits[:n_s], logits[n_s:]
-        else:
-            f_s, logits_s = self.net(x_s)
-            f_t = logits_t = None
+        target = batch.get("target") if self.uses_target_images else None
+        y_t = None
+        if isinstance(target, (tuple, list)):
+            target, y_t = target
+        source_out, target_out = self._forward_domains(x_s, target)
 
-        loss_cls = F.cross_entropy(logits_s, y_s)
+        loss_cls = F.cross_entropy(source_out.logits, y_s)
         loss = loss_cls
-        logs: dict[str, Any] = {"train/loss_cls": loss_cls}
-        if type(self).uses_target:
-            loss_transfer, extra = self.transfer_loss(f_s, f_t)
+        logs: dict[str, Tensor | float] = {"train/loss_cls": loss_cls}
+        if target_out is not None:
+            loss_transfer, extra = self.transfer_loss(source_out, target_out)
             loss = loss + self.transfer_weight * loss_transfer
             logs["train/loss_transfer"] = loss_transfer
             logs.update(extra)
+            if self.entropy_weight > 0:
+                loss_entropy = entropy_loss(target_out.logits)
+                loss = loss + self.entropy_weight * loss_entropy
+                logs["train/loss_entropy"] = loss_entropy
+            if y_t is not None and type(self).uses_target_labels:
+                loss_target = self.supervised_target_loss(target_out, y_t)
+                loss = loss + loss_target
+                logs["train/loss_target_cls"] = loss_target
         if self.fisher is not None:
-            loss_fisher = self.fisher(f_s, y_s)
+            loss_fisher = self.fisher(source_out.features, y_s)
             loss = loss + self.fisher_weight * loss_fisher
             logs["train/loss_fisher"] = loss_fisher
-        if self.entropy_weight > 0:
-            loss_entropy = entropy_loss(logits_t)
-            loss = loss + self.entropy_weight * loss_entropy
-            logs["train/loss_entropy"] = loss_entropy
-        loss = loss + self.supervised_target_loss(logits_t, target)
         logs["train/loss"] = loss
-        logs["train/source/acc"] = (logits_s.argmax(1) == y_s).float().mean()
-        self._log_training(logs)
+        logs["train/source/acc"] = (source_out.logits.argmax(1) == y_s).float().mean()
+        # Lightning keeps the epoch means on the device; per-step values reach the logger
+        # every ``log_every_n_steps``.
+        self.log_dict({k: torch.as_tensor(v).detach() for k, v in logs.items()},
+                      on_step=True, on_epoch=True, batch_size=x_s.shape[0])
         return loss
 
-    def _log_training(self, logs: dict[str, Any]) -> None:
-        """Per-step values every ``log_every_n_steps`` steps; epoch means at the epoch's end.
-
-        Sums are kept as detached tensors on the device, so a step costs no host sync and no pass
-        through Lightning's per-key logging machinery (several ms a step on a GPU).
-        """
-        values = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device).detach()
-                  for k, v in logs.items()}
-        for key, value in values.items():
-            self._train_sums[key] = self._train_sums.get(key, 0.0) + value
-        self._train_steps += 1
-        every = max(1, int(getattr(self.trainer, "log_every_n_steps", 50) or 50))
-        if (self.global_step + 1) % every == 0:
-            self.log_dict({f"{k}_step": v for k, v in values.items()}, on_step=True, on_epoch=False)
-
-    def on_train_epoch_start(self) -> None:
-        self._train_sums: dict[str, Tensor] = {}
-        self._train_steps = 0
-
-    def on_train_epoch_end(self) -> None:
-        if self._train_steps:
-            self.log_dict({f"{k}_epoch": v / self._train_steps for k, v in self._train_sums.items()},
-                          on_step=False, on_epoch=True)
-
-    def supervised_target_loss(self, logits_t: Tensor | None, target: Any) -> Tensor:
-        """Only the oracle uses target labels; every other method adds nothing."""
-        return torch.zeros((), device=self.device)
-
     # -- evaluation -----------------------------------------------------------------------
-    def _domain_names(self, stage: str) -> list[str]:
+    def _domain(self, stage: str, dataloader_idx: int) -> str:
         loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
-        if isinstance(loaders, dict):
-            return list(loaders)
-        return ["source", "target"]
+        names = list(loaders) if isinstance(loaders, dict) else list(DOMAINS)
+        return names[dataloader_idx]
 
-    def _eval_step(self, stage: str, batch: Any, dataloader_idx: int) -> None:
-        x, y = batch
-        domain = self._domain_names(stage)[dataloader_idx]
-        logits = self(x)
-        store = self._eval_outputs.setdefault(domain, {"probs": [], "labels": [], "loss": []})
-        store["probs"].append(logits.softmax(1)[:, 1].detach().float())
-        store["labels"].append(y.detach())
-        store["loss"].append(F.cross_entropy(logits, y, reduction="sum").detach())
+    def _eval_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int) -> dict:
+        domain = self._domain(stage, dataloader_idx)
+        features, logits = self.net(batch["image"])
+        labels = batch.get("label")
+        if labels is not None:
+            key = f"{stage}_{domain}"
+            probs = logits.softmax(1)[:, 1]
+            self.metrics[key].update(probs, labels)
+            self.losses[key].update(F.cross_entropy(logits, labels, reduction="none"))
+            self.log_dict(self.metrics[key], on_epoch=True, add_dataloader_idx=False)
+            self.log(f"{stage}/{domain}/loss", self.losses[key], on_epoch=True,
+                     add_dataloader_idx=False)
+        return {"domain": domain, "features": features.detach(), "logits": logits.detach(),
+                "labels": labels, "index": batch["index"]}
 
-    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("val", batch, dataloader_idx)
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self._eval_step("val", batch, dataloader_idx)
 
-    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("test", batch, dataloader_idx)
-
-    def _gathered(self) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
-        out = {}
-        for domain, store in self._eval_outputs.items():
-            probs = torch.cat(store["probs"])
-            labels = torch.cat(store["labels"])
-            loss = torch.stack(store["loss"]).sum()
-            if self.trainer.world_size > 1:
-                probs = self.all_gather(probs).reshape(-1)
-                labels = self.all_gather(labels).reshape(-1)
-                loss = self.all_gather(loss).sum()
-            out[domain] = (probs, labels, loss / max(1, labels.numel()))
-        self._eval_outputs = {}
-        return out
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_outputs = {}
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_outputs = {}
-
-    def on_validation_epoch_end(self) -> None:
-        for domain, (probs, labels, loss) in self._gathered().items():
-            acc = ((probs > 0.5).long() == labels).float().mean()
-            self.log(f"val/{domain}/acc", acc, sync_dist=False, rank_zero_only=False)
-            self.log(f"val/{domain}/loss", loss, sync_dist=False, rank_zero_only=False)
-
-    def on_test_epoch_end(self) -> None:
-        results: dict[str, Any] = {"confusion": {}}
-        predictions: dict[str, np.ndarray] = {}
-        for domain, (probs, labels, _) in self._gathered().items():
-            metrics = binary_metrics(probs.cpu(), labels.cpu())
-            for name, value in metrics.items():
-                results[f"test/{domain}/{name}"] = value
-                self.log(f"test/{domain}/{name}", float(value), sync_dist=False)
-            results["confusion"][domain] = binary_confusion(probs.cpu(), labels.cpu())
-            predictions[f"{domain}_probs"] = probs.cpu().numpy()
-            predictions[f"{domain}_labels"] = labels.cpu().numpy()
-        self.test_results = results
-        self.test_predictions = predictions
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self._eval_step("test", batch, dataloader_idx)
 
     # -- checkpoints ----------------------------------------------------------------------
     # RNG states travel with checkpoints so that a resumed run continues exactly (dropout in
     # the DANN discriminator draws from the global generator).
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        import random
-
-        checkpoint["galda_rng"] = {
-            "torch": torch.get_rng_state(),
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
+        checkpoint["galda_rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        import random
-
-        state = checkpoint.get("galda_rng")
-        if not state:
-            return
-        torch.set_rng_state(state["torch"])
-        np.random.set_state(_numpy_state_from_plain(state["numpy"]))
-        random.setstate(state["python"])
-        if state.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        if checkpoint.get("galda_rng") and self._trainer is not None:
+            restore_rng_state(checkpoint["galda_rng"])
 
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -275,15 +262,3 @@ class MergerClassifier(pl.LightningModule):
             optimizer=optimizer, max_lr=[g["lr"] for g in param_groups], total_steps=total
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
-    """NumPy's RNG state as tensors and numbers, loadable with ``torch.load(weights_only=True)``."""
-    name, keys, pos, has_gauss, cached = state
-    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
-
-
-def _numpy_state_from_plain(plain: dict[str, Any]) -> tuple:
-    keys = plain["keys"].numpy().astype(np.uint32)
-    return (plain["name"], keys, plain["pos"], plain["has_gauss"], plain["cached"])

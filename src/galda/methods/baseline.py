@@ -8,6 +8,6 @@ from galda.methods.base import MergerClassifier
 
 
 class BaselineClassifier(MergerClassifier):
-    """Source-only training; target images are not even forwarded."""
+    """Source-only training; target images are not even forwarded (unless entropy_weight > 0)."""
 
-    uses_target: ClassVar[bool] = False
+    uses_target_images: ClassVar[bool] = False

@@ -21,6 +21,7 @@ class DeepMerge(nn.Module):
 
     def __init__(self, in_channels: int = 3, image_size: int = 75, n_classes: int = 2) -> None:
         super().__init__()
+        self.in_channels = in_channels
 
         def block(c_in: int, c_out: int, k: int) -> list[nn.Module]:
             return [
@@ -68,6 +69,7 @@ class ResNet18Merger(nn.Module):
         head_lr_mult: float = 10.0,
     ) -> None:
         super().__init__()
+        self.in_channels = in_channels
         backbone = resnet18(weights=None)
         if in_channels != 3:
             backbone.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
@@ -99,6 +101,7 @@ class TinyNet(nn.Module):
 
     def __init__(self, in_channels: int = 3, n_classes: int = 2, width: int = 4) -> None:
         super().__init__()
+        self.in_channels = in_channels
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1),
             nn.BatchNorm2d(width),
