@@ -14,7 +14,7 @@ from tests.conftest import REPO
 def _cmd(data_dir, run_dir, *extra):
     return [sys.executable, "-m", "galda.run", "data=tiny", f"paths.data_dir={data_dir}",
             "model=deepmerge", "method=dann", "trainer.max_epochs=40", "logger=none",
-            "callbacks.progress_bar=null", "callbacks.early_stopping=null",
+            "callbacks.progress_bar=null",
             f"hydra.run.dir={run_dir}", *extra]
 
 

@@ -221,18 +221,20 @@ def reversal_coefficient(schedule: str, progress: float, gamma: float, max_value
 def domain_adversarial_loss(
     domain_logits_source: Tensor, domain_logits_target: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """BCE-with-logits of the domain classifier, source = 1, target = 0, mean over all samples.
+    """Domain-classifier loss of the paper's Eq. 4, source = 1, target = 0:
 
-    Returns (loss, accuracy); accuracy (logit > 0 ↔ source) is a detached float tensor.
+        L_d = 1/n_s Σ_s BCE(D(G(x_s)), 1) + 1/n_t Σ_t BCE(D(G(x_t)), 0)
+
+    (a mean per domain, summed: each domain weighs the same whatever the batch sizes).
+    Returns (loss, accuracy); accuracy (logit > 0 ↔ source) over all samples, detached.
     """
-    logits = torch.cat([domain_logits_source.reshape(-1), domain_logits_target.reshape(-1)])
-    labels = torch.cat(
-        [
-            torch.ones_like(domain_logits_source.reshape(-1)),
-            torch.zeros_like(domain_logits_target.reshape(-1)),
-        ]
-    )
-    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    source = domain_logits_source.reshape(-1)
+    target = domain_logits_target.reshape(-1)
+    loss = F.binary_cross_entropy_with_logits(
+        source, torch.ones_like(source)
+    ) + F.binary_cross_entropy_with_logits(target, torch.zeros_like(target))
+    logits = torch.cat([source, target])
+    labels = torch.cat([torch.ones_like(source), torch.zeros_like(target)])
     with torch.no_grad():
         accuracy = ((logits > 0).to(labels.dtype) == labels).to(logits.dtype).mean()
     return loss, accuracy.detach()

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from galda import results as res
 from galda.callbacks import PredictionWriter
-from galda.checkpointing import AtomicCheckpointIO
+from galda.checkpointing import AtomicCheckpointIO, check_resume
 from galda.devices import configure_job_resources
 from galda.errors import GaldaError
 from galda.metrics import binary_confusion
@@ -55,6 +55,8 @@ def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     last = run_dir / "checkpoints" / "last.ckpt"
     mode = str(cfg.get("resume", "auto")).lower()
     if mode in ("true", "auto") and last.exists():
+        if not cfg.trainer.get("fast_dev_run"):
+            check_resume(last, int(cfg.trainer.max_epochs))
         log.info("Resuming from %s", last)
         return str(last)
     if mode == "true":
@@ -70,6 +72,48 @@ def _best_epoch(path: str | None) -> int | None:
 def is_smoke(trainer_cfg: DictConfig) -> bool:
     """True when Trainer settings cut the run short (fast_dev_run, limit_*_batches, max_steps)."""
     return any(trainer_cfg.get(k, v) not in (v, None) for k, v in SMOKE_DEFAULTS.items())
+
+
+#: config keys that say how to run, not what to compute: they never force a rerun
+RUN_CONTROL_KEYS = ("skip_completed", "resume", "ckpt_path", "paths", "pin_devices", "slurm")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def _set_aside(run_dir: Path) -> None:
+    """Move a superseded run's outputs to ``superseded/<time>/`` (kept, never overwritten)."""
+    dest = run_dir / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("checkpoints", res.RESULTS_FILE, res.PREDICTIONS_FILE, "csv"):
+        if (run_dir / name).exists():
+            (run_dir / name).rename(dest / name)
+
+
+def rerun_reason(stored: dict[str, Any], cfg: DictConfig) -> str | None:
+    """Why a completed job must run again (None: its results still hold).
+
+    A job is skipped only when its stored resolved config and code version equal the current
+    ones, so a changed default (in a config file or in the code) reruns it.
+    """
+    if stored.get("git_commit") != res.git_commit():
+        return f"code changed (git commit {stored.get('git_commit')} -> {res.git_commit()})"
+    if "config" not in stored:
+        return "no stored config to compare with"
+    now = OmegaConf.to_container(cfg, resolve=True)
+    old, new = (_flatten({k: v for k, v in c.items() if k not in RUN_CONTROL_KEYS})
+                for c in (stored["config"], now))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:3])
+        return f"config changed ({shown}{', ...' if len(changed) > 3 else ''})"
+    return None
 
 
 def build_module(cfg: DictConfig) -> pl.LightningModule:
@@ -138,8 +182,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one configuration; return the results dictionary (also written to disk)."""
     run_dir = Path(cfg.paths.output_dir)
     if cfg.get("skip_completed", True) and res.is_complete(run_dir):
-        log.info("Skipping %s: results.json is already complete", run_dir)
-        return res.read_results(run_dir)
+        stored = res.read_results(run_dir)
+        reason = rerun_reason(stored, cfg)
+        if reason is None:
+            log.info("Skipping %s: results.json is already complete for this config and code",
+                     run_dir)
+            return stored
+        log.warning("Re-running %s: %s", run_dir, reason)
+        _set_aside(run_dir)
 
     started = time.time()
     commit = res.git_commit()  # at the start: the code this run trains with

@@ -103,25 +103,36 @@ def identity_collate(batch: Any) -> Any:
 
 
 def split_galaxies(
-    galaxy_ids: np.ndarray, fractions: Sequence[float], seed: int
+    galaxy_ids: np.ndarray,
+    fractions: Sequence[float],
+    seed: int,
+    labels: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Assign each distinct galaxy id to train / val / test.
+    """Assign each distinct galaxy id to train / val / test, stratified by class.
 
-    The permutation depends only on the sorted set of ids and ``seed``, so every domain that
-    shares ids gets the same assignment and all images of one galaxy land on one side.
+    All images of one galaxy land on one side, and every domain that shares ids gets the same
+    assignment. With ``labels`` (one per image; a galaxy's class is that of its first image, −1
+    where unknown) the galaxies of each class are split separately with the same fractions, so the
+    class balance is the same in every split. The permutation depends only on the sorted ids,
+    their classes and ``seed``.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise GaldaError(f"split_fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
-    unique = np.unique(galaxy_ids)
-    order = np.random.default_rng(seed).permutation(len(unique))
-    shuffled = unique[order]
-    n_train = int(round(fractions[0] * len(unique)))
-    n_val = int(round(fractions[1] * len(unique)))
-    return {
-        "train": np.sort(shuffled[:n_train]),
-        "val": np.sort(shuffled[n_train : n_train + n_val]),
-        "test": np.sort(shuffled[n_train + n_val :]),
-    }
+        raise GaldaError(
+            f"data.split_fractions must be three non-negative numbers summing to 1, got {list(fractions)}"
+        )
+    unique, first = np.unique(galaxy_ids, return_index=True)
+    classes = np.asarray(labels)[first] if labels is not None else np.zeros(len(unique), int)
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for c in np.unique(classes):
+        members = unique[classes == c]
+        shuffled = members[rng.permutation(len(members))]
+        n_train = int(round(fractions[0] * len(members)))
+        n_val = int(round(fractions[1] * len(members)))
+        parts["train"].append(shuffled[:n_train])
+        parts["val"].append(shuffled[n_train : n_train + n_val])
+        parts["test"].append(shuffled[n_train + n_val :])
+    return {s: np.sort(np.concatenate(parts[s])) for s in SPLITS}
 
 
 def channel_stats(images: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +243,11 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
             raise GaldaError(f"{self.paths['source']}: the source domain must have labels")
         self.image_shape = tuple(int(v) for v in shapes["source"])
         ids = np.concatenate([data[d].galaxy_id for d in DOMAINS])
-        split = split_galaxies(ids, self.split_fractions, self.split_seed)
+        # classes from the source labels only: target labels never shape the split
+        classes = np.concatenate([data["source"].labels,
+                                  np.full(len(data["target"].galaxy_id), -1)])
+        order = np.argsort(ids, kind="stable")  # a galaxy's first image is a source one if any
+        split = split_galaxies(ids[order], self.split_fractions, self.split_seed, classes[order])
         for domain in DOMAINS:
             self._setup_domain(domain, data[domain], split)
         log.info("Split by galaxy (split_seed=%d): %s", self.split_seed, self.split_sizes)

@@ -234,6 +234,8 @@ class MergerClassifier(pl.LightningModule):
     # the DANN discriminator draws from the global generator).
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["galda_rng"] = rng_state()
+        # the budget the schedules were sized to: a resume must keep it (galda.checkpointing)
+        checkpoint["galda_plan"] = {"max_epochs": int(self.trainer.max_epochs or -1)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get("galda_rng") and self._trainer is not None:
