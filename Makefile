@@ -22,13 +22,13 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## Create .venv and install galda with its test extras
 
 data: $(STAMP) ## Simulate the small embedded data set into data/ (done automatically on first use)
-	$(PY) -m galda.simulate preset=small out=data/simulated/small-seed1 seed=1 workers=2
+	$(PY) -m galda.simulate --preset small --out data/simulated/small-seed1 --seed 1 --workers 2
 
 gallery: $(STAMP) ## Draw the source/target gallery of the small data set (docs/img/gallery.png)
 	$(PY) -m galda.simulate.gallery data/simulated/small-seed1 --out docs/img/gallery.png
 
 run: $(STAMP) ## The main job: baseline, MMD and DANN DeepMerge on the small simulated set, side by side
-	$(PY) -m galda.simulate preset=small seed=1 workers=2 out=data/simulated/small-seed1
+	$(PY) -m galda.simulate --preset small --seed 1 --workers 2 --out data/simulated/small-seed1
 	$(PY) -m galda.run experiment=quickstart $(ARGS)
 	$(PY) -m galda.report outputs/multirun/quickstart --out outputs/multirun/quickstart/report
 

@@ -109,34 +109,28 @@ def test_unpaired_target(tmp_path):
 
 def test_cli(tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = main(
-        [
-            "preset=tiny",
-            f"out={out}",
-            "seed=1",
-            "workers=1",
-            "progress=false",
-            "n_mergers=4",
-            "n_nonmergers=4",
-        ]
-    )
+    rc = main(["--preset", "tiny", "--out", str(out), "--seed", "1", "--workers", "1",
+               "--no-progress", "--n-mergers", "4", "--n-nonmergers", "4"])
     assert rc == 0
     assert (out / "source.h5").exists() and (out / "target.h5").exists()
     text = capsys.readouterr().out
     assert "F160W" in text and "mergers" in text and str(out) in text
-    assert main(["preset=nope", f"out={tmp_path / 'x'}"]) != 0
-    assert "nope" in capsys.readouterr().err
-    assert main(["workers"]) != 0
+    with pytest.raises(SystemExit) as bad:
+        main(["--preset", "nope", "--out", str(tmp_path / "x")])
+    assert bad.value.code == 2 and "nope" in capsys.readouterr().err
+    assert main(["--preset", "tiny", "--out", str(out), "--no-progress"]) == 2  # exists: refused
+    assert "exist" in capsys.readouterr().err
 
 
-def test_cli_bad_key_exits_cleanly(tmp_path):
+def test_cli_bad_option_exits_cleanly(tmp_path):
     bad = subprocess.run(
-        [sys.executable, "-m", "galda.simulate", "preset=tiny", f"out={tmp_path}", "bogus=1"],
+        [sys.executable, "-m", "galda.simulate", "--preset", "tiny", "--out", str(tmp_path),
+         "--bogus", "1"],
         check=False,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert bad.returncode != 0
+    assert bad.returncode == 2
     assert "bogus" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "source.h5").exists()

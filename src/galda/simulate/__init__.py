@@ -3,7 +3,7 @@
 ``simulate_domains(preset, out, seed, workers, paired, ...)`` writes ``out/source.h5`` (PSF-convolved,
 noiseless: "pristine") and ``out/target.h5`` (the same systems plus Gaussian sky noise of a
 25 mag/arcsec^2 surface-brightness limit: "noisy") in the :mod:`galda.data.h5format` layout and
-returns their paths. Command line: ``python -m galda.simulate preset=tiny out=DIR seed=1 workers=2``.
+returns their paths. Command line: ``python -m galda.simulate --preset tiny --out DIR --seed 1 --workers 2``.
 
 The physics and every number it uses (from shared/reference/FACTS.md, "Physics of the images") are
 documented in :mod:`galda.simulate.physics` and ``docs/simulator.md``.

@@ -1,60 +1,49 @@
-"""``python -m galda.simulate key=value ...``: render source.h5 and target.h5.
+"""``python -m galda.simulate [--preset small] [--out DIR] ...``: render source.h5 and target.h5.
 
-Keys (defaults): preset=small, out=data/simulated/<preset>-seed<seed>, seed=1, workers=1,
-paired=true, progress=true, overwrite=false, views / n_mergers / n_nonmergers (null = the preset's),
-sb_limit=25.0 (mag/arcsec^2).
+Exit codes (as every galda command): 0 done, 2 bad input or settings (one line on stderr),
+1 unexpected error.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from omegaconf import OmegaConf
 
-DEFAULTS = {
-    "preset": "small",
-    "out": None,
-    "seed": 1,
-    "workers": 1,
-    "paired": True,
-    "progress": True,
-    "overwrite": False,
-    "views": None,
-    "n_mergers": None,
-    "n_nonmergers": None,
-    "sb_limit": 25.0,
-}
+def _parser() -> argparse.ArgumentParser:
+    from galda.simulate import PRESETS
 
-
-def _parse(argv: list[str]):
-    bad = [a for a in argv if "=" not in a or a.startswith("-")]
-    if bad:
-        raise ValueError(
-            f"arguments must be key=value overrides, got {bad}; keys: {', '.join(DEFAULTS)}"
-        )
-    over = OmegaConf.from_dotlist([a[2:] if a.startswith("++") else a.lstrip("+") for a in argv])
-    unknown = sorted(set(over.keys()) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(DEFAULTS)}")
-    base = OmegaConf.create(DEFAULTS)
-    return OmegaConf.to_container(OmegaConf.merge(base, over))
+    p = argparse.ArgumentParser(
+        prog="python -m galda.simulate",
+        description="Render the simulated source (pristine) and target (noisy) domain files.",
+    )
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS),
+                   help="size of the data set (default: small)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: data/simulated/<preset>-seed<seed>)")
+    p.add_argument("--seed", type=int, default=1, help="data seed (default: 1)")
+    p.add_argument("--workers", type=int, default=1, help="rendering processes (default: 1)")
+    p.add_argument("--unpaired", dest="paired", action="store_false",
+                   help="draw the target systems independently of the source ones")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument("--views", type=int, default=None, help="views per system (preset's)")
+    p.add_argument("--n-mergers", type=int, default=None, help="merger count (preset's)")
+    p.add_argument("--n-nonmergers", type=int, default=None, help="non-merger count (preset's)")
+    p.add_argument("--sb-limit", type=float, default=None,
+                   help="target surface-brightness limit, mag/arcsec^2 (default 25.0)")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(__doc__)
-        return 0
+    args = _parser().parse_args(argv)  # bad flags: argparse prints usage and exits 2
+    options = {k: v for k, v in vars(args).items() if v is not None or k == "out"}
     try:
-        cfg = _parse(argv)
-        from galda.simulate import PRESETS, simulate_domains, summarize
+        from galda.simulate import simulate_domains, summarize
 
-        if cfg["preset"] not in PRESETS:
-            raise ValueError(
-                f"unknown preset {cfg['preset']!r}; choose one of {', '.join(PRESETS)}"
-            )
-        src, tgt = simulate_domains(**cfg)
-    except (ValueError, FileExistsError, TypeError) as err:
+        src, tgt = simulate_domains(**options)
+    except (ValueError, FileExistsError, TypeError, PermissionError) as err:
         print(f"galda.simulate: error: {err}", file=sys.stderr)
         return 2
     print(f"source: {src}\ntarget: {tgt}")
