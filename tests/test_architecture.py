@@ -41,18 +41,19 @@ def test_best_score_is_stored_under_the_monitors_name(compose_cfg, sim_data_dir,
                                                   ("dann", True, False), ("oracle", True, True)])
 def test_each_method_gets_exactly_the_target_data_it_declares(compose_cfg, sim_data_dir,
                                                               monkeypatch, method, images, labels):
-    from galda.methods.base import MergerClassifier
+    from hydra.utils import get_class
 
+    cfg = compose_cfg(*FAST, f"paths.data_dir={sim_data_dir}", f"method={method}",
+                      "trainer.fast_dev_run=true")
+    method_cls = get_class(cfg.method.module._target_)
     seen = []
-    original = MergerClassifier.training_step
+    original = method_cls.training_step
 
     def spy(self, batch, batch_idx):
         seen.append(batch.get("target"))
         return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(MergerClassifier, "training_step", spy)
-    cfg = compose_cfg(*FAST, f"paths.data_dir={sim_data_dir}", f"method={method}",
-                      "trainer.fast_dev_run=true")
+    monkeypatch.setattr(method_cls, "training_step", spy)
     results = train(cfg)
     assert seen
     for target in seen:

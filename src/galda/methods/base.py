@@ -14,7 +14,7 @@ parameters that train at their own rate).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import pytorch_lightning as pl
@@ -27,11 +27,15 @@ from torchmetrics import MeanMetric
 
 from galda.losses import FisherLoss, entropy_loss
 from galda.metrics import METRIC_NAMES, metric_collection
+from galda.models.normaliser import DOMAINS, DomainNormaliser
+from galda.optim import (
+    OptimizerFactory,
+    SchedulerFactory,
+    configure_optimizers,
+    training_progress,
+)
 from galda.rng import restore_rng_state, rng_state
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., Any]
-DOMAINS = ("source", "target")
 STAGES = ("val", "test")
 
 
@@ -47,8 +51,8 @@ class MergerClassifier(pl.LightningModule):
 
     Args:
         net: a network returning ``(features, logits)`` with ``feature_dim``, ``in_channels`` and
-            ``parameter_groups()`` (``galda.models``), or its Hydra config (then it is built here
-            and stored in the hyper-parameters, so ``load_from_checkpoint(path)`` needs nothing else).
+            ``parameter_groups()`` (``galda.models``), or its Hydra config (built here and kept in
+            the hyper-parameters, so ``load_from_checkpoint(path)`` needs nothing else).
         optimizer: a partial optimiser (Hydra ``_partial_: true``), called with parameter groups.
         scheduler: a partial schedule, called with ``optimizer``, ``max_lr`` (per group) and
             ``total_steps``; stepped every batch. ``None`` for a constant rate.
@@ -85,10 +89,7 @@ class MergerClassifier(pl.LightningModule):
         if self.entropy_weight > 0:
             self.uses_target_images = True  # entropy minimisation reads target predictions
         self.fisher = FisherLoss(self.net.feature_dim) if self.fisher_weight > 0 else None
-        channels = int(self.net.in_channels)
-        self.register_buffer("norm_mean", torch.zeros(len(DOMAINS), channels))
-        self.register_buffer("norm_std", torch.ones(len(DOMAINS), channels))
-        self.input_info: dict[str, Any] = {}  # image_shape, bands: set from the data
+        self.normaliser = DomainNormaliser(int(self.net.in_channels))
         # Validation needs accuracy only (every epoch); the test stage gets the full set.
         self.metrics = nn.ModuleDict({
             f"{s}_{d}": metric_collection(f"{s}/{d}/", ("acc",) if s == "val" else METRIC_NAMES)
@@ -107,47 +108,22 @@ class MergerClassifier(pl.LightningModule):
         """Parameter groups beyond the network's, with their ``lr_mult``."""
         return []
 
-    def supervised_target_loss(self, target: StepOutputs, labels: Tensor) -> Tensor:
-        """Loss on labelled target images: only methods with ``uses_target_labels`` call it."""
-        return F.cross_entropy(target.logits, labels)
-
-    # -- normalisation travels with the model ---------------------------------------------
-    def set_normalisation(
-        self,
-        stats: Mapping[str, Mapping[str, Sequence[float]]],
-        image_shape: Sequence[int] | None = None,
-        bands: Sequence[str] | None = None,
-    ) -> None:
-        """Store per-domain training-split ``{"mean", "std"}`` and the input's shape and bands."""
-        for row, domain in enumerate(DOMAINS):
-            self.norm_mean[row] = torch.as_tensor(stats[domain]["mean"], dtype=torch.float32)
-            self.norm_std[row] = torch.as_tensor(stats[domain]["std"], dtype=torch.float32)
-        self.input_info = {"image_shape": list(image_shape) if image_shape else None,
-                           "bands": list(bands) if bands else None}
-
-    # Saved in the state dict (so in every checkpoint) beside the normalisation buffers.
-    def get_extra_state(self) -> dict[str, Any]:
-        return dict(self.input_info)
-
-    def set_extra_state(self, state: Any) -> None:
-        self.input_info = dict(state or {})
+    # -- normalisation travels with the model (galda.models.normaliser) --------------------
+    def set_normalisation(self, stats: Mapping[str, Mapping[str, Sequence[float]]],
+                          image_shape: Sequence[int] | None = None,
+                          bands: Sequence[str] | None = None) -> None:
+        """Store the DataModule's per-domain training statistics and the input's shape/bands."""
+        self.normaliser.set(stats, image_shape, bands)
 
     def normalise(self, x: Tensor, domain: str = "target") -> Tensor:
         """(x − mean_domain) / std_domain per channel, for raw images as stored in the files."""
-        row = DOMAINS.index(domain)
-        return (x - self.norm_mean[row, :, None, None]) / self.norm_std[row, :, None, None]
+        return self.normaliser(x, domain)
 
     # -- training -------------------------------------------------------------------------
     @property
     def progress(self) -> float:
-        """Training progress p ∈ [0, 1] from Lightning's own counters (no hidden state)."""
-        trainer = self._trainer
-        if trainer is None:
-            return 0.0
-        total = trainer.estimated_stepping_batches
-        if not total or total == float("inf"):
-            return 0.0
-        return min(1.0, self.global_step / float(total))
+        """Training progress p ∈ [0, 1] (global step over the run's planned steps)."""
+        return training_progress(self._trainer, self.global_step)
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits of normalised images."""
@@ -169,33 +145,23 @@ class MergerClassifier(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         x_s, y_s = batch["source"]
         target = batch.get("target") if self.uses_target_images else None
-        y_t = None
-        if isinstance(target, (tuple, list)):
-            target, y_t = target
-        source_out, target_out = self._forward_domains(x_s, target)
-
-        loss_cls = F.cross_entropy(source_out.logits, y_s)
-        loss = loss_cls
-        logs: dict[str, Tensor | float] = {"train/loss_cls": loss_cls}
+        x_t, y_t = target if isinstance(target, (tuple, list)) else (target, None)
+        source_out, target_out = self._forward_domains(x_s, x_t)
+        terms: dict[str, tuple[float, Tensor]] = {
+            "cls": (1.0, F.cross_entropy(source_out.logits, y_s))}
+        logs: dict[str, Tensor | float] = {}
         if target_out is not None:
-            loss_transfer, extra = self.transfer_loss(source_out, target_out)
-            loss = loss + self.transfer_weight * loss_transfer
-            logs["train/loss_transfer"] = loss_transfer
-            logs.update(extra)
+            transfer, logs = self.transfer_loss(source_out, target_out)
+            terms["transfer"] = (self.transfer_weight, transfer)
             if self.entropy_weight > 0:
-                loss_entropy = entropy_loss(target_out.logits)
-                loss = loss + self.entropy_weight * loss_entropy
-                logs["train/loss_entropy"] = loss_entropy
-            if y_t is not None and type(self).uses_target_labels:
-                loss_target = self.supervised_target_loss(target_out, y_t)
-                loss = loss + loss_target
-                logs["train/loss_target_cls"] = loss_target
+                terms["entropy"] = (self.entropy_weight, entropy_loss(target_out.logits))
+            if y_t is not None and self.uses_target_labels:
+                terms["target_cls"] = (1.0, F.cross_entropy(target_out.logits, y_t))
         if self.fisher is not None:
-            loss_fisher = self.fisher(source_out.features, y_s)
-            loss = loss + self.fisher_weight * loss_fisher
-            logs["train/loss_fisher"] = loss_fisher
-        logs["train/loss"] = loss
-        logs["train/source/acc"] = (source_out.logits.argmax(1) == y_s).float().mean()
+            terms["fisher"] = (self.fisher_weight, self.fisher(source_out.features, y_s))
+        loss = sum((w * v for w, v in terms.values()), start=torch.zeros((), device=self.device))
+        logs = {**{f"train/loss_{k}": v for k, (_, v) in terms.items()}, **logs, "train/loss": loss,
+                "train/source/acc": (source_out.logits.argmax(1) == y_s).float().mean()}
         # Lightning keeps the epoch means on the device; per-step values reach the logger
         # every ``log_every_n_steps``.
         self.log_dict({k: torch.as_tensor(v).detach() for k, v in logs.items()},
@@ -244,23 +210,5 @@ class MergerClassifier(pl.LightningModule):
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         groups = list(self.net.parameter_groups()) + list(self.extra_parameter_groups())
-        seen = {id(p) for g in groups for p in g["params"]}
-        rest = [p for p in self.parameters() if id(p) not in seen]
-        if rest:  # e.g. the Fisher loss's class centres
-            groups.append({"params": rest, "lr_mult": 1.0, "name": "other"})
-        keywords = getattr(self.optimizer_factory, "keywords", {}) or {}
-        base_lr = float(keywords.get("lr", 1e-3))
-        param_groups = [
-            {"params": g["params"], "lr": base_lr * float(g.get("lr_mult", 1.0)),
-             "name": g.get("name", f"group{i}")}
-            for i, g in enumerate(groups)
-        ]
-        optimizer = self.optimizer_factory(params=param_groups)
-        if self.scheduler_factory is None:
-            return optimizer
-        # +1: OneCycleLR counts its initial step; ≥ 4 keeps both phases non-empty (fast_dev_run).
-        total = max(int(self.trainer.estimated_stepping_batches) + 1, 4)
-        scheduler = self.scheduler_factory(
-            optimizer=optimizer, max_lr=[g["lr"] for g in param_groups], total_steps=total
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizers(self, groups, self.optimizer_factory, self.scheduler_factory,
+                                    lambda: int(self.trainer.estimated_stepping_batches))
