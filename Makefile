@@ -8,7 +8,7 @@ ARGS ?=
 SEEDS ?= 1,2,3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data gallery run test test-fast test-slow table1 table1-quick report figures bench clean
+.PHONY: help venv data gallery run lint format test test-fast test-slow table1 table1-quick report figures bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_-]+:.*?## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +31,15 @@ run: $(STAMP) ## The main job: baseline, MMD and DANN DeepMerge on the small sim
 	$(PY) -m galda.simulate --preset small --seed 1 --workers 2 --out data/simulated/small-seed1
 	$(PY) -m galda.run experiment=quickstart $(ARGS)
 	$(PY) -m galda.report outputs/multirun/quickstart --out outputs/multirun/quickstart/report
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy on src/galda, as CI runs them
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+format: $(STAMP) ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
 
 test: $(STAMP) ## Run the test suite (CPU only, offline)
 	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
