@@ -34,6 +34,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="expected seeds, e.g. 1-10 or 1,2,3 (default: every seed found in any group); "
                         "results for other seeds are ignored")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip Figure 1")
+    p.add_argument("--validators", action="store_true",
+                   help="instead: the validator study (every epoch's val/validator/* against "
+                        "val/target/acc, which only scores them) from each run's csv/metrics.csv")
     p.add_argument("--strict", action="store_true",
                    help=f"exit with status {EXIT_INCOMPLETE} when any expected seed is missing or failed")
     return p
@@ -41,6 +44,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.validators:
+        from . import validators
+
+        return validators.main(args)
     try:
         rep = build_report(args.dirs, args.out, paper=args.paper, expected_seeds=args.seeds,
                            figures=args.figures)
