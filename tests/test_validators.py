@@ -9,6 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytest import approx
 from torch.utils.data import DataLoader, TensorDataset
 
 from galda import validators as V
@@ -42,13 +43,13 @@ def test_source_accuracy_and_loss(outputs):
     z, y = outputs["source_logits"].numpy(), outputs["source_labels"].numpy()
     acc = sum(int(np.argmax(z[i]) == y[i]) for i in range(len(y))) / len(y)
     loss = np.mean([-math.log(_softmax(z[i : i + 1])[0, y[i]]) for i in range(len(y))])
-    assert V.source_accuracy(outputs["source_logits"], outputs["source_labels"]) == pytest.approx(acc)
+    assert V.source_accuracy(outputs["source_logits"], outputs["source_labels"]) == approx(acc)
     assert V.source_loss(outputs["source_logits"], outputs["source_labels"]) == pytest.approx(loss)
 
 
 def test_target_entropy(outputs):
     p = _softmax(outputs["target_logits"].numpy())
-    assert V.target_entropy(outputs["target_logits"]) == pytest.approx(np.mean([_entropy(r) for r in p]))
+    assert V.target_entropy(outputs["target_logits"]) == approx(np.mean([_entropy(r) for r in p]))
 
 
 def test_information_maximisation(outputs):
@@ -80,7 +81,7 @@ def test_soft_neighbourhood_density(outputs):
         total += _entropy(q)
     assert V.soft_neighbourhood_density(outputs["target_logits"]) == pytest.approx(total / n)
     # the row chunking does not change the value
-    assert V.soft_neighbourhood_density(outputs["target_logits"], chunk=7) == pytest.approx(total / n)
+    assert V.soft_neighbourhood_density(outputs["target_logits"], chunk=7) == approx(total / n)
 
 
 def _skada_estimator():
@@ -154,7 +155,7 @@ def test_dev_risk_formula():
     reference = weighted.mean() + eta * weights.mean() - eta
     assert V.dev_risk(torch.tensor(losses), torch.tensor(weights)) == pytest.approx(reference)
     # constant weights: no control variate, the plain weighted loss
-    assert V.dev_risk(torch.tensor(losses), torch.full((30,), 2.0)) == pytest.approx(2 * losses.mean())
+    assert V.dev_risk(torch.tensor(losses), torch.full((30,), 2.0)) == approx(2 * losses.mean())
 
 
 def test_deep_embedded_validation(outputs):
@@ -184,7 +185,8 @@ def test_proxy_a_distance(outputs):
 
 
 def test_registry_directions_and_compute(outputs):
-    assert set(V.VALIDATORS) == {"source_acc", "source_loss", "entropy", "im", "bnm", "snd", "dev", "pad"}
+    names = {"source_acc", "source_loss", "entropy", "im", "bnm", "snd", "dev", "pad"}
+    assert set(V.VALIDATORS) == names
     for name, validator in V.VALIDATORS.items():
         assert validator.direction in ("max", "min")
         assert set(validator.needs) <= set(V.INPUTS)
@@ -252,8 +254,8 @@ def test_callback_logs_every_validator_and_drives_checkpointing(tmp_path):
     train, val, (xs, ys, xt) = _loaders()
     monitor = "val/validator/snd"
     callback = V.ValidatorCallback(seed=0)
-    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, monitor=monitor, mode=V.direction(monitor),
-                                        save_last=True)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, monitor=monitor,
+                                        mode=V.direction(monitor), save_last=True)
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=2,
                          callbacks=[callback, ckpt])

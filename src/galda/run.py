@@ -25,6 +25,16 @@ log = logging.getLogger("galda")
 OmegaConf.register_new_resolver("galda_parallel_jobs", parallel_jobs, replace=True)
 
 
+def _selection_direction(monitor: str) -> str:
+    """``${galda_direction:<monitor>}``: max or min for a selection metric (validator registry)."""
+    from galda.validators import direction
+
+    return direction(monitor)
+
+
+OmegaConf.register_new_resolver("galda_direction", _selection_direction, replace=True)
+
+
 def find_config_dir() -> Path:
     """``$GALDA_CONFIG_DIR``, else the repository's ``conf/``, else the copy inside the wheel."""
     env = os.environ.get("GALDA_CONFIG_DIR")

@@ -1,4 +1,4 @@
-"""Label-free validators: scores for choosing a checkpoint or hyper-parameters without target labels.
+"""Label-free validators: scores to choose checkpoints or hyper-parameters without target labels.
 
 Every validator is computed from the **labelled source-validation** outputs and the
 **unlabelled target-validation** outputs of one model (logits and features); target labels are
@@ -71,8 +71,8 @@ def _entropies(logits: Tensor) -> Tensor:
 
 
 def source_accuracy(source_logits: Tensor, source_labels: Tensor) -> float:
-    """Source-validation accuracy, mean 1[argmax z_i = y_i]: the usual, label-free-for-the-target
-    choice (it transfers poorly once the domains are aligned; Musgrave et al. 2022, arXiv:2208.07360)."""
+    """Source-validation accuracy, mean 1[argmax z_i = y_i]: the usual choice, label-free for the
+    target, but it need not follow target accuracy once the domains are being aligned."""
     return float((source_logits.argmax(1).cpu() == source_labels.cpu()).double().mean())
 
 
@@ -328,7 +328,8 @@ def compute_validators(inputs: Mapping[str, Tensor | None], names: list[str] | N
     shared: dict[str, CrossFit] = {}
     for name in names or list(VALIDATORS):
         if name not in VALIDATORS:
-            raise GaldaError(f"validators: no validator {name!r}; choose from {', '.join(VALIDATORS)}")
+            raise GaldaError(f"validators: no validator {name!r}; "
+                             f"choose from {', '.join(VALIDATORS)}")
         validator = VALIDATORS[name]
         if any(inputs.get(need) is None or len(inputs[need]) == 0 for need in validator.needs):
             continue

@@ -226,7 +226,8 @@ def _study_row(curves: list[RunCurve], name: str) -> dict[str, Any] | None:
     sweep_sel, sweep_oracle, sweep_source = [], [], []
     for members in sweeps.values():
         target = np.concatenate([c.column(TARGET) for c in members])
-        sweep_sel.append(_select(np.concatenate([_oriented(c, key, sign) for c in members]), target))
+        scores = np.concatenate([_oriented(c, key, sign) for c in members])
+        sweep_sel.append(_select(scores, target))
         sweep_oracle.append(_select(target, target))
         sweep_source.append(_select(np.concatenate([c.column(SOURCE) for c in members]), target))
     tested = [c.results.get("test/target/acc") for c in runs
@@ -326,7 +327,7 @@ def draw_scatter(curves: list[RunCurve], rows: list[dict[str, Any]]):
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.0 * nrows), squeeze=False)
     groups = sorted({c.group for c in curves})
     colors = plt.get_cmap("tab10")
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):
         for gi, group in enumerate(groups):
             members = [c for c in curves if c.group == group]
             x = np.concatenate([c.column(PREFIX + name) for c in members])
