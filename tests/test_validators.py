@@ -303,6 +303,16 @@ def test_callback_ignores_modules_without_outputs(caplog):
 def test_unknown_validator_name_is_a_user_error():
     with pytest.raises(GaldaError, match="callbacks.validators.names"):
         V.ValidatorCallback(names=["snd", "bogus"])
+    with pytest.raises(GaldaError, match="callbacks.validators.device"):
+        V.ValidatorCallback(device="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_validators_on_the_gpu_match_the_cpu(outputs):
+    on_gpu = {k: v.cuda() for k, v in outputs.items()}
+    cpu, gpu = V.compute_validators(outputs, seed=1), V.compute_validators(on_gpu, seed=1)
+    for name, value in cpu.items():
+        assert gpu[name] == approx(value, rel=1e-6, abs=1e-9), name
 
 
 def test_gather_rows_handles_unequal_ranks():

@@ -58,7 +58,9 @@ __all__ = [
 
 
 def _f64(x: Tensor) -> Tensor:
-    return x.detach().to("cpu", torch.float64)
+    """float64 on the tensor's own device (the CPU for devices without float64, e.g. MPS)."""
+    x = x.detach()
+    return x.to("cpu", torch.float64) if x.device.type == "mps" else x.to(torch.float64)
 
 
 def _entropies(logits: Tensor) -> Tensor:
@@ -73,12 +75,13 @@ def _entropies(logits: Tensor) -> Tensor:
 def source_accuracy(source_logits: Tensor, source_labels: Tensor) -> float:
     """Source-validation accuracy, mean 1[argmax z_i = y_i]: the usual choice, label-free for the
     target, but it need not follow target accuracy once the domains are being aligned."""
-    return float((source_logits.argmax(1).cpu() == source_labels.cpu()).double().mean())
+    return float((source_logits.argmax(1) == source_labels.to(source_logits.device)).double().mean())
 
 
 def source_loss(source_logits: Tensor, source_labels: Tensor) -> float:
     """Source-validation cross-entropy, −mean log p_{y_i}(x_i)."""
-    return float(F.cross_entropy(_f64(source_logits), source_labels.cpu().long()))
+    logits = _f64(source_logits)
+    return float(F.cross_entropy(logits, source_labels.to(logits.device).long()))
 
 
 # --------------------------------------------------------------------------- target predictions
@@ -131,11 +134,11 @@ def soft_neighbourhood_density(target_logits: Tensor, temperature: float = 0.05,
     n = p.shape[0]
     if n < 2:
         return math.nan
-    total = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64, device=p.device)
     for start in range(0, n, chunk):
-        rows = torch.arange(start, min(n, start + chunk))
+        rows = torch.arange(start, min(n, start + chunk), device=p.device)
         s = (p[rows] @ p.T) / temperature
-        s[torch.arange(len(rows)), rows] = -math.inf
+        s[torch.arange(len(rows), device=p.device), rows] = -math.inf
         log_q = F.log_softmax(s, dim=1)
         q = log_q.exp()
         total += -(q * torch.where(q > 0, log_q, torch.zeros_like(log_q))).sum()
@@ -152,7 +155,8 @@ def fit_logistic_regression(x: Tensor, y: Tensor, l2: float) -> tuple[Tensor, Te
     with torch.inference_mode(False), torch.enable_grad():
         x = _f64(x).clone()
         y = _f64(y).clone()
-        theta = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+        theta = torch.zeros(x.shape[1] + 1, dtype=torch.float64, device=x.device,
+                            requires_grad=True)
         opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=1000, tolerance_grad=1e-10,
                                 tolerance_change=1e-14, history_size=20,
                                 line_search_fn="strong_wolfe")
@@ -196,14 +200,14 @@ def target_probability_cross_fit(source_features: Tensor, target_features: Tenso
     fs, ft = _f64(source_features), _f64(target_features)
     g = torch.Generator().manual_seed(int(seed))
     s_halves, t_halves = two_fold_split(len(fs), g), two_fold_split(len(ft), g)
-    p_s = torch.empty(len(fs), dtype=torch.float64)
-    p_t = torch.empty(len(ft), dtype=torch.float64)
-    ratio = torch.empty(len(fs), dtype=torch.float64)
+    p_s = torch.empty(len(fs), dtype=torch.float64, device=fs.device)
+    p_t = torch.empty(len(ft), dtype=torch.float64, device=fs.device)
+    ratio = torch.empty(len(fs), dtype=torch.float64, device=fs.device)
     for k in (0, 1):
         s_fit, s_out = s_halves[k], s_halves[1 - k]
         t_fit, t_out = t_halves[k], t_halves[1 - k]
         x = torch.cat([fs[s_fit], ft[t_fit]])
-        y = torch.cat([torch.zeros(len(s_fit)), torch.ones(len(t_fit))]).double()
+        y = torch.cat([torch.zeros(len(s_fit)), torch.ones(len(t_fit))]).to(x)
         mean, std = x.mean(0), x.std(0, unbiased=False)
         std = torch.where(std > 1e-12, std, torch.ones_like(std))  # constant features → 0
         w, b = fit_logistic_regression((x - mean) / std, y, l2)
@@ -229,7 +233,7 @@ def dev_risk(losses: Tensor, weights: Tensor) -> float:
         return math.nan
     var_w = weights.var(unbiased=True)
     cov = ((weighted - weighted.mean()) * (weights - weights.mean())).sum() / (len(weights) - 1)
-    eta = -cov / var_w if var_w > 0 else torch.zeros((), dtype=torch.float64)
+    eta = -cov / var_w if var_w > 0 else torch.zeros_like(var_w)
     return float(weighted.mean() + eta * weights.mean() - eta)
 
 
@@ -252,7 +256,8 @@ def deep_embedded_validation(source_features: Tensor, source_logits: Tensor,
         source_features, target_features, seed, l2)
     d = fit.source_probs.clamp(clip, 1.0 - clip)
     weights = fit.source_prior_ratio * d / (1.0 - d)
-    losses = F.cross_entropy(_f64(source_logits), source_labels.cpu().long(), reduction="none")
+    logits = _f64(source_logits)
+    losses = F.cross_entropy(logits, source_labels.to(logits.device).long(), reduction="none")
     return dev_risk(losses, weights)
 
 
@@ -362,10 +367,16 @@ class ValidatorCallback(pl.Callback):
     Args:
         names: validators to compute (default: all of ``VALIDATORS``).
         seed: the domain classifier's split (DEV, proxy A-distance).
+        device: ``"cpu"`` (default) computes on the CPU; ``"auto"`` where the outputs are (the
+            GPU during GPU training; float64 throughout, so results match the CPU's to rounding).
     """
 
-    def __init__(self, names: list[str] | None = None, seed: int = 0) -> None:
+    def __init__(self, names: list[str] | None = None, seed: int = 0,
+                 device: str = "cpu") -> None:
         super().__init__()
+        if device not in ("cpu", "auto"):
+            raise GaldaError(f"callbacks.validators.device={device}: use cpu or auto")
+        self.device = device
         for name in names or []:
             if name not in VALIDATORS:
                 raise GaldaError(f"callbacks.validators.names: no validator {name!r}; "
@@ -412,6 +423,8 @@ class ValidatorCallback(pl.Callback):
                 tensor = torch.cat(parts[key]) if parts.get(key) else None
                 if tensor is not None and trainer.world_size > 1:
                     tensor = _gather_rows(pl_module, tensor)
+                if tensor is not None and self.device == "cpu":
+                    tensor = tensor.cpu()
                 inputs[f"{domain}_{key}"] = tensor
         self._store = {}
         values = compute_validators(inputs, self.names, seed=self.seed)

@@ -264,7 +264,9 @@ def _pct(v: float) -> str:
 
 
 def _pts(v: float) -> str:
-    return "—" if not np.isfinite(v) else f"{100 * v:+.1f}"
+    if not np.isfinite(v):
+        return "—"
+    return f"{100 * v:+.1f}" if abs(100 * v) >= 0.05 else "0.0"
 
 
 def _rho(mean: float, sd: float = math.nan) -> str:
