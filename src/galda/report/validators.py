@@ -337,7 +337,7 @@ def draw_scatter(curves: list[RunCurve], rows: list[dict[str, Any]]):
             ax.scatter(x, 100 * y, s=8, alpha=0.5, color=colors(gi % 10), label=group)
         rho = pooled.get(name, math.nan)
         sense = VALIDATORS[name].direction if name in VALIDATORS else "?"
-        ax.set_title(f"{name} ({sense}), ρ={_rho(rho)}", fontsize=9)
+        ax.set_title(f"{name} ({sense}), oriented ρ={_rho(rho)}", fontsize=9)
         ax.set_xlabel(name, fontsize=8)
         ax.set_ylabel(f"target val acc % {MARK}", fontsize=8)
         ax.tick_params(labelsize=7)
