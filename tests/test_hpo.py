@@ -12,17 +12,12 @@ from typing import Any
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from pytest import approx
 
 from galda.errors import GaldaError
 from tests.conftest import CONF, REPO
 
 optuna = pytest.importorskip("optuna")
-
-
-def _base_refactor_landed() -> bool:
-    from galda.methods import base
-
-    return hasattr(base, "StepOutputs")
 
 
 def test_search_space_from_hydra_sweep_syntax():
@@ -91,47 +86,31 @@ def _best_logged(run_dir: Path, key: str, mode: str) -> float:
 
 
 @pytest.mark.slow
-def test_study_is_written_and_resumed(sim_data_dir, tmp_path):
-    # val/source/acc: label-free and logged before the base refactor (see the validator test below)
-    objective = "hpo.objective=val/source/acc"
-    proc = _sweep(sim_data_dir, tmp_path, 3, objective)
+def test_study_is_written_and_resumed_with_a_validator_objective(sim_data_dir, tmp_path):
+    objective = "val/validator/snd"
+    proc = _sweep(sim_data_dir, tmp_path, 3, f"hpo.objective={objective}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(_study(tmp_path).trials) == 3
-    proc = _sweep(sim_data_dir, tmp_path, 2, objective)
+    proc = _sweep(sim_data_dir, tmp_path, 2, f"hpo.objective={objective}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = _study(tmp_path)
+    assert study.direction.name == "MAXIMIZE"
     assert len(study.trials) == 5 and all(t.state.name == "COMPLETE" for t in study.trials)
     assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 5  # no repeats
     for trial in study.trials:
         run_dir = Path(trial.user_attrs["run_dir"])
         assert run_dir.name == f"trial_{trial.number:04d}"
         results = json.loads((run_dir / "results.json").read_text())
-        assert results["selection"]["monitor"] == "val/source/acc"
-        best = _best_logged(run_dir, "val/source/acc", "max")
-        assert trial.value == pytest.approx(best, rel=1e-6)
+        assert results["selection"] == {"monitor": objective, "mode": "max",
+                                        "best_score": approx(trial.value, rel=1e-6)}
+        # the objective is the validator's value at the kept checkpoint
+        assert trial.value == approx(_best_logged(run_dir, objective, "max"), rel=1e-6)
+        assert trial.value == approx(results["validators"]["snd"], rel=1e-5)
+        overrides = results["overrides"]
         for key, value in trial.params.items():
-            overrides = results["overrides"]
             assert f"{key}={value!r}" in overrides or f"{key}={value}" in overrides
     summary = (tmp_path / "multirun" / "hpo_dann" / "optimization_results.yaml").read_text()
     assert "total: 5" in summary and "best_achievable_test_target_acc" in summary and "‡" in summary
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(not _base_refactor_landed(), strict=False,
-                   reason="validation_step returns the outputs dict only after the base refactor "
-                          "(issue 11), so no val/validator/* is logged before it")
-def test_objective_is_a_validator_value(sim_data_dir, tmp_path):
-    proc = _sweep(sim_data_dir, tmp_path, 2, "hpo.objective=val/validator/snd")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    study = _study(tmp_path)
-    assert study.direction.name == "MAXIMIZE" and len(study.trials) == 2
-    for trial in study.trials:
-        run_dir = Path(trial.user_attrs["run_dir"])
-        best = _best_logged(run_dir, "val/validator/snd", "max")
-        assert trial.value == pytest.approx(best, rel=1e-6)
-        results = json.loads((run_dir / "results.json").read_text())
-        if "validators" in results:
-            assert trial.value == pytest.approx(results["validators"]["snd"], rel=1e-6)
 
 
 def test_target_label_objective_is_refused(tmp_path):

@@ -32,6 +32,12 @@ def write_metrics(run: Path, method: str, target, source, validators: dict[str, 
                    "val/target/acc": target[e]}
             row.update({f"val/validator/{k}": v[e] for k, v in validators.items()})
             w.writerow(row)
+        # galda.train re-validates the selected checkpoint after training, under the next epoch
+        best = int(np.argmax(source))
+        row = {"epoch": len(target), "step": 10 * len(target) - 1,
+               "val/source/acc": source[best], "val/target/acc": target[best]}
+        row.update({f"val/validator/{k}": v[best] for k, v in validators.items()})
+        w.writerow(row)
     results = {"status": "complete", "data": "tiny", "model": "tiny", "method": method, "seed": 1,
                "selection": {"monitor": monitor or "val/source/acc", "mode": "max"}}
     if test_acc is not None:

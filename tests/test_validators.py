@@ -330,18 +330,7 @@ def test_gather_rows_handles_unequal_ranks():
     assert torch.equal(gathered, torch.cat([mine, other]))
 
 
-def _base_refactor_landed() -> bool:
-    from galda.methods import base
-
-    return hasattr(base, "StepOutputs")
-
-
-@pytest.mark.xfail(not _base_refactor_landed(), strict=False,
-                   reason="validation_step returns the outputs dict only after the base refactor "
-                          "(issue 11)")
 def test_training_selects_by_a_validator(compose_cfg, sim_data_dir, tmp_path):
-    import csv
-
     from galda.train import train
 
     monitor = "val/validator/snd"
@@ -352,10 +341,16 @@ def test_training_selects_by_a_validator(compose_cfg, sim_data_dir, tmp_path):
     results = train(cfg)
     assert results["status"] == "complete" and results["selection"]["monitor"] == monitor
     assert results["uses_target_labels"] is False
-    with open(tmp_path / "run" / "csv" / "metrics.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get(monitor)]
-    assert len(rows) == 2 and all(r.get(V.PREFIX + n) for r in rows for n in V.VALIDATORS)
-    best = max(float(r[monitor]) for r in rows)
-    if "validators" in results:  # written by train() once the callback is wired in
-        assert set(results["validators"]) == set(V.VALIDATORS)
-        assert results["validators"]["snd"] == approx(best, rel=1e-6)
+    from galda.report.validators import read_metrics_csv
+
+    epochs, values = read_metrics_csv(tmp_path / "run" / "csv" / "metrics.csv")
+    assert epochs.tolist() == [0, 1]  # training epochs (not the re-validation after training)
+    assert all(np.isfinite(values[V.PREFIX + n]).all() for n in V.VALIDATORS)
+    best = values[monitor].max()
+    assert results["selection"]["best_score"] == approx(best, rel=1e-6)
+    # the selected checkpoint's validators, recomputed after training, match the epoch's values
+    assert set(results["validators"]) == set(V.VALIDATORS)
+    best_epoch = int(np.argmax(values[monitor]))
+    for name in V.VALIDATORS:
+        assert results["validators"][name] == approx(values[V.PREFIX + name][best_epoch],
+                                                     rel=1e-5, abs=1e-6), name

@@ -110,17 +110,28 @@ def _mean(values: Iterable[float]) -> float:
 
 def read_metrics_csv(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per-epoch ``val/*`` values from a Lightning CSVLogger file (the last value logged in each
-    epoch wins, so a resumed run's repeated epochs take their newest value)."""
+    epoch wins, so a resumed run's repeated epochs take their newest value).
+
+    Only training epochs count (epochs with ``train/*`` values, when the file has any): the
+    re-validation of the selected checkpoint after training, which ``galda.train`` logs under the
+    next epoch number, repeats an epoch already read.
+    """
     per_epoch: dict[int, dict[str, float]] = {}
+    trained: set[int] = set()
     with open(path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             epoch = row.get("epoch")
             if epoch in (None, ""):
                 continue
+            e = int(float(epoch))
+            if any(k and k.startswith("train/") and v not in (None, "") for k, v in row.items()):
+                trained.add(e)
             vals = {k: float(v) for k, v in row.items()
                     if k and k.startswith("val/") and v not in (None, "")}
             if vals:
-                per_epoch.setdefault(int(float(epoch)), {}).update(vals)
+                per_epoch.setdefault(e, {}).update(vals)
+    if trained:
+        per_epoch = {e: v for e, v in per_epoch.items() if e in trained}
     epochs = np.array(sorted(per_epoch), dtype=int)
     keys = sorted({k for vals in per_epoch.values() for k in vals})
     values = {k: np.array([per_epoch[e].get(k, np.nan) for e in epochs], float) for k in keys}
