@@ -25,6 +25,7 @@ from typing import Any, Literal, NamedTuple
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
 from galda.errors import GaldaError
@@ -430,7 +431,8 @@ class ValidatorCallback(pl.Callback):
         values = compute_validators(inputs, self.names, seed=self.seed)
         for name, value in values.items():
             pl_module.log(PREFIX + name, value, on_step=False, on_epoch=True, sync_dist=False)
-        self.history[int(trainer.current_epoch)] = values
+        if trainer.state.fn == TrainerFn.FITTING:  # not a later trainer.validate() of a checkpoint
+            self.history[int(trainer.current_epoch)] = values
         self.last_cost_s = time.perf_counter() - started
         log.debug("validators computed in %.3f s", self.last_cost_s)
 
