@@ -25,10 +25,16 @@ def test_search_space_from_hydra_sweep_syntax():
 
     from galda.hpo import search_space
 
-    dists, fixed = search_space([
-        "a=tag(log, interval(0.01, 10))", "b=interval(1, 5)", "c=choice(ganin, constant)",
-        "d=range(2, 10, 4)", "e=interval(0.5, 2.5)", "seed=3",
-    ])
+    dists, fixed = search_space(
+        [
+            "a=tag(log, interval(0.01, 10))",
+            "b=interval(1, 5)",
+            "c=choice(ganin, constant)",
+            "d=range(2, 10, 4)",
+            "e=interval(0.5, 2.5)",
+            "seed=3",
+        ]
+    )
     assert dists["a"] == FloatDistribution(0.01, 10.0, log=True)
     assert dists["b"] == FloatDistribution(1.0, 5.0)  # Hydra's interval ends are floats
     assert dists["c"] == CategoricalDistribution(["ganin", "constant"])
@@ -56,8 +62,11 @@ def test_hpo_experiments_compose(experiment, objective):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}", f"hpo.objective={objective}"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[f"experiment={experiment}", f"hpo.objective={objective}"],
+            return_hydra_config=True,
+        )
     GlobalHydra.instance().clear()
     assert cfg.selection.monitor == objective
     assert cfg.selection.mode == ("min" if objective.endswith("dev") else "max")
@@ -68,9 +77,20 @@ def test_hpo_experiments_compose(experiment, objective):
 
 
 def _sweep(data_dir: Path, log_dir: Path, n_trials: int, *extra: str) -> Any:
-    cmd = [sys.executable, "-m", "galda.run", "-m", "experiment=hpo_dann",
-           f"hydra.sweeper.n_trials={n_trials}", "model=tiny", "data=tiny",
-           f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", "trainer.max_epochs=2", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "galda.run",
+        "-m",
+        "experiment=hpo_dann",
+        f"hydra.sweeper.n_trials={n_trials}",
+        "model=tiny",
+        "data=tiny",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={log_dir}",
+        "trainer.max_epochs=2",
+        *extra,
+    ]
     return subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
@@ -101,8 +121,11 @@ def test_study_is_written_and_resumed_with_a_validator_objective(sim_data_dir, t
         run_dir = Path(trial.user_attrs["run_dir"])
         assert run_dir.name == f"trial_{trial.number:04d}"
         results = json.loads((run_dir / "results.json").read_text())
-        assert results["selection"] == {"monitor": objective, "mode": "max",
-                                        "best_score": approx(trial.value, rel=1e-6)}
+        assert results["selection"] == {
+            "monitor": objective,
+            "mode": "max",
+            "best_score": approx(trial.value, rel=1e-6),
+        }
         # the objective is the validator's value at the kept checkpoint
         assert trial.value == approx(_best_logged(run_dir, objective, "max"), rel=1e-6)
         assert trial.value == approx(results["validators"]["snd"], rel=1e-5)

@@ -13,12 +13,19 @@ import pytest
 from galda.report.__main__ import main
 from galda.report.validators import build_validator_study, read_metrics_csv, spearman
 
-TARGET = [0.60, 0.70, 0.80, 0.75, 0.65]   # target-validation accuracy per epoch
-SOURCE = [0.90, 0.80, 0.70, 0.95, 0.85]   # source accuracy: peaks at epoch 3 (target 0.75)
+TARGET = [0.60, 0.70, 0.80, 0.75, 0.65]  # target-validation accuracy per epoch
+SOURCE = [0.90, 0.80, 0.70, 0.95, 0.85]  # source accuracy: peaks at epoch 3 (target 0.75)
 
 
-def write_metrics(run: Path, method: str, target, source, validators: dict[str, list[float]],
-                  monitor: str | None = None, test_acc: float | None = None) -> Path:
+def write_metrics(
+    run: Path,
+    method: str,
+    target,
+    source,
+    validators: dict[str, list[float]],
+    monitor: str | None = None,
+    test_acc: float | None = None,
+) -> Path:
     """A CSVLogger-like file: train rows and validation rows with empty cells elsewhere."""
     keys = ["val/source/acc", "val/target/acc", *(f"val/validator/{k}" for k in validators)]
     header = ["epoch", "step", "train/loss_epoch", *keys]
@@ -28,18 +35,32 @@ def write_metrics(run: Path, method: str, target, source, validators: dict[str, 
         w.writeheader()
         for e in range(len(target)):
             w.writerow({"epoch": e, "step": 10 * e + 9, "train/loss_epoch": 0.5})
-            row = {"epoch": e, "step": 10 * e + 9, "val/source/acc": source[e],
-                   "val/target/acc": target[e]}
+            row = {
+                "epoch": e,
+                "step": 10 * e + 9,
+                "val/source/acc": source[e],
+                "val/target/acc": target[e],
+            }
             row.update({f"val/validator/{k}": v[e] for k, v in validators.items()})
             w.writerow(row)
         # galda.train re-validates the selected checkpoint after training, under the next epoch
         best = int(np.argmax(source))
-        row = {"epoch": len(target), "step": 10 * len(target) - 1,
-               "val/source/acc": source[best], "val/target/acc": target[best]}
+        row = {
+            "epoch": len(target),
+            "step": 10 * len(target) - 1,
+            "val/source/acc": source[best],
+            "val/target/acc": target[best],
+        }
         row.update({f"val/validator/{k}": v[best] for k, v in validators.items()})
         w.writerow(row)
-    results = {"status": "complete", "data": "tiny", "model": "tiny", "method": method, "seed": 1,
-               "selection": {"monitor": monitor or "val/source/acc", "mode": "max"}}
+    results = {
+        "status": "complete",
+        "data": "tiny",
+        "model": "tiny",
+        "method": method,
+        "seed": 1,
+        "selection": {"monitor": monitor or "val/source/acc", "mode": "max"},
+    }
     if test_acc is not None:
         results["test/target/acc"] = test_acc
     (run / "results.json").write_text(json.dumps(results))
@@ -53,12 +74,27 @@ def sweep(tmp_path):
     s2 = [0.80, 0.90, 0.85, 0.82, 0.81]
     # snd follows the target exactly; entropy (min) is 1 - target; pad (min) follows the target
     # (points the wrong way); dev is constant (no information)
-    write_metrics(root / "a", "dann", TARGET, SOURCE,
-                  {"snd": [t + 1 for t in TARGET], "entropy": [1 - t for t in TARGET],
-                   "pad": TARGET, "dev": [0.3] * 5}, monitor="val/validator/snd", test_acc=0.77)
-    write_metrics(root / "b", "dann", t2, s2,
-                  {"snd": [t + 1 for t in t2], "entropy": [1 - t for t in t2], "pad": t2,
-                   "dev": [0.3] * 5})
+    write_metrics(
+        root / "a",
+        "dann",
+        TARGET,
+        SOURCE,
+        {
+            "snd": [t + 1 for t in TARGET],
+            "entropy": [1 - t for t in TARGET],
+            "pad": TARGET,
+            "dev": [0.3] * 5,
+        },
+        monitor="val/validator/snd",
+        test_acc=0.77,
+    )
+    write_metrics(
+        root / "b",
+        "dann",
+        t2,
+        s2,
+        {"snd": [t + 1 for t in t2], "entropy": [1 - t for t in t2], "pad": t2, "dev": [0.3] * 5},
+    )
     write_metrics(root / "c", "mmd", TARGET, SOURCE, {"snd": [0.1, 0.3, 0.2, 0.5, 0.4]})
     return root
 

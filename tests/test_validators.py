@@ -167,8 +167,13 @@ def test_deep_embedded_validation(outputs):
     weighted = weights * losses
     eta = -np.cov(np.stack([weighted, weights]))[0, 1] / np.var(weights, ddof=1)
     reference = weighted.mean() + eta * weights.mean() - eta
-    value = V.deep_embedded_validation(outputs["source_features"], outputs["source_logits"],
-                                       outputs["source_labels"], outputs["target_features"], seed=5)
+    value = V.deep_embedded_validation(
+        outputs["source_features"],
+        outputs["source_logits"],
+        outputs["source_labels"],
+        outputs["target_features"],
+        seed=5,
+    )
     assert value == pytest.approx(reference, rel=1e-5)
 
 
@@ -231,8 +236,9 @@ class FakeModule(pl.LightningModule):
         x, y = batch
         features, logits = self(x)
         domain = ("source", "target")[dataloader_idx]
-        self.log(f"val/{domain}/acc", (logits.argmax(1) == y).float().mean(),
-                 add_dataloader_idx=False)
+        self.log(
+            f"val/{domain}/acc", (logits.argmax(1) == y).float().mean(), add_dataloader_idx=False
+        )
         return {"domain": domain, "features": features, "logits": logits, "labels": y}
 
     def configure_optimizers(self):
@@ -244,8 +250,10 @@ def _loaders():
     xs, xt = torch.randn(64, 6, generator=g), torch.randn(48, 6, generator=g) + 0.5
     ys, yt = (xs[:, 0] > 0).long(), (xt[:, 0] > 0.5).long()
     train = DataLoader(TensorDataset(xs, ys), batch_size=16)
-    val = [DataLoader(TensorDataset(xs, ys), batch_size=16),
-           DataLoader(TensorDataset(xt, yt), batch_size=16)]
+    val = [
+        DataLoader(TensorDataset(xs, ys), batch_size=16),
+        DataLoader(TensorDataset(xt, yt), batch_size=16),
+    ]
     return train, val, (xs, ys, xt)
 
 
@@ -254,11 +262,18 @@ def test_callback_logs_every_validator_and_drives_checkpointing(tmp_path):
     train, val, (xs, ys, xt) = _loaders()
     monitor = "val/validator/snd"
     callback = V.ValidatorCallback(seed=0)
-    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, monitor=monitor,
-                                        mode=V.direction(monitor), save_last=True)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=2,
-                         callbacks=[callback, ckpt])
+    ckpt = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, monitor=monitor, mode=V.direction(monitor), save_last=True
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=2,
+        callbacks=[callback, ckpt],
+    )
     module = FakeModule()
     trainer.fit(module, train, val)
     logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(V.PREFIX)}
@@ -268,9 +283,16 @@ def test_callback_logs_every_validator_and_drives_checkpointing(tmp_path):
     with torch.no_grad():
         fs, zs = module(xs)
         ft, zt = module(xt)
-    expected = V.compute_validators({"source_features": fs, "source_logits": zs,
-                                     "source_labels": ys, "target_features": ft,
-                                     "target_logits": zt}, seed=0)
+    expected = V.compute_validators(
+        {
+            "source_features": fs,
+            "source_logits": zs,
+            "source_labels": ys,
+            "target_features": ft,
+            "target_logits": zt,
+        },
+        seed=0,
+    )
     for name, value in expected.items():
         assert logged[V.PREFIX + name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
         assert callback.values_at(1)[name] == pytest.approx(value, rel=1e-12)
@@ -292,9 +314,15 @@ def test_callback_ignores_modules_without_outputs(caplog):
 
     train, val, _ = _loaders()
     callback = V.ValidatorCallback()
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False,
-                         callbacks=[callback])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[callback],
+    )
     trainer.fit(NoOutputs(), train, val)
     assert not any(k.startswith(V.PREFIX) for k in trainer.callback_metrics)
     assert "no validators are logged" in caplog.text
@@ -334,10 +362,17 @@ def test_training_selects_by_a_validator(compose_cfg, sim_data_dir, tmp_path):
     from galda.train import train
 
     monitor = "val/validator/snd"
-    cfg = compose_cfg("data=tiny", f"paths.data_dir={sim_data_dir}", "model=tiny", "method=dann",
-                      "trainer.max_epochs=2", f"selection.monitor={monitor}", "selection.mode=max",
-                      "++callbacks.validators._target_=galda.validators.ValidatorCallback",
-                      run_dir=tmp_path / "run")
+    cfg = compose_cfg(
+        "data=tiny",
+        f"paths.data_dir={sim_data_dir}",
+        "model=tiny",
+        "method=dann",
+        "trainer.max_epochs=2",
+        f"selection.monitor={monitor}",
+        "selection.mode=max",
+        "++callbacks.validators._target_=galda.validators.ValidatorCallback",
+        run_dir=tmp_path / "run",
+    )
     results = train(cfg)
     assert results["status"] == "complete" and results["selection"]["monitor"] == monitor
     assert results["uses_target_labels"] is False
@@ -352,5 +387,6 @@ def test_training_selects_by_a_validator(compose_cfg, sim_data_dir, tmp_path):
     assert set(results["validators"]) == set(V.VALIDATORS)
     best_epoch = int(np.argmax(values[monitor]))
     for name in V.VALIDATORS:
-        assert results["validators"][name] == approx(values[V.PREFIX + name][best_epoch],
-                                                     rel=1e-5, abs=1e-6), name
+        assert results["validators"][name] == approx(
+            values[V.PREFIX + name][best_epoch], rel=1e-5, abs=1e-6
+        ), name

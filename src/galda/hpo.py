@@ -25,10 +25,10 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -54,23 +54,26 @@ def distribution_from_override(override: Override) -> Any:
 
     if not override.is_sweep_override():
         return None
+
+    def encoded() -> list[Any]:
+        return list(override.sweep_iterator(transformer=Transformer.encode))
+
     if override.is_choice_sweep():
-        return od.CategoricalDistribution(
-            list(override.sweep_iterator(transformer=Transformer.encode)))
+        return od.CategoricalDistribution(encoded())
     value = override.value()
-    if override.is_range_sweep():
-        values = list(override.sweep_iterator())
-        if getattr(value, "shuffle", False) or len(values) < 2:
-            return od.CategoricalDistribution(
-                list(override.sweep_iterator(transformer=Transformer.encode)))
-        step = values[1] - values[0]
+    if isinstance(value, RangeSweep):
+        values: list[Any] = list(override.sweep_iterator())
+        numeric = all(isinstance(v, (int, float)) for v in values)
+        if value.shuffle or len(values) < 2 or not numeric:
+            return od.CategoricalDistribution(encoded())
         if all(isinstance(v, int) for v in values):
-            return od.IntDistribution(values[0], values[-1], step=step)
-        return od.FloatDistribution(values[0], values[-1], step=step)
-    if override.is_interval_sweep():
+            return od.IntDistribution(values[0], values[-1], step=values[1] - values[0])
+        return od.FloatDistribution(values[0], values[-1], step=values[1] - values[0])
+    if isinstance(value, IntervalSweep) and value.start is not None and value.end is not None:
         return od.FloatDistribution(float(value.start), float(value.end), log="log" in value.tags)
-    raise GaldaError(f"hydra.sweeper.params: {override.input_line!r} is not a choice, range or "
-                     "interval sweep")
+    raise GaldaError(
+        f"hydra.sweeper.params: {override.input_line!r} is not a choice, range or interval sweep"
+    )
 
 
 def search_space(arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -91,13 +94,18 @@ def _format(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def optuna_direction(direction: str, monitor: str) -> str:
+def optuna_direction(direction: str, monitor: str) -> Literal["maximize", "minimize"]:
     """``maximize`` or ``minimize``; ``auto``: from the selection monitor (validator registry)."""
     if direction in ("auto", None):
         from galda.validators import direction as monitor_direction
 
         direction = monitor_direction(monitor)
-    mapping = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
+    mapping: dict[str, Literal["maximize", "minimize"]] = {
+        "max": "maximize",
+        "maximize": "maximize",
+        "min": "minimize",
+        "minimize": "minimize",
+    }
     if direction not in mapping:
         raise GaldaError(f"hydra.sweeper.direction={direction}: use auto, maximize or minimize")
     return mapping[direction]
@@ -120,10 +128,19 @@ class OptunaSweeper(Sweeper):
         params: the search space, ``{key: override}`` in Hydra's sweep syntax.
     """
 
-    def __init__(self, study_name: str, storage: str | None, direction: str = "auto",
-                 n_trials: int = 20, n_jobs: int = 1, sampler: str = "tpe", seed: int = 1,
-                 max_failure_rate: float = 0.5, allow_target_labels: bool = False,
-                 params: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        study_name: str,
+        storage: str | None,
+        direction: str = "auto",
+        n_trials: int = 20,
+        n_jobs: int = 1,
+        sampler: str = "tpe",
+        seed: int = 1,
+        max_failure_rate: float = 0.5,
+        allow_target_labels: bool = False,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
         self.study_name = str(study_name)
         self.storage = storage
         self.direction = direction
@@ -138,12 +155,14 @@ class OptunaSweeper(Sweeper):
         self.launcher: Any = None
         self.hydra_context: HydraContext | None = None
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
-              config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         self.config = config
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=task_function)
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     def _sampler(self, offset: int) -> Any:
         import optuna
@@ -158,15 +177,18 @@ class OptunaSweeper(Sweeper):
         try:
             import optuna
         except ImportError as err:
-            raise GaldaError("hydra/sweeper=galda_optuna needs Optuna: "
-                             "pip install 'galda[hpo]'") from err
+            raise GaldaError(
+                "hydra/sweeper=galda_optuna needs Optuna: pip install 'galda[hpo]'"
+            ) from err
 
         assert self.config is not None and self.launcher is not None
         monitor = str(OmegaConf.select(self.config, "selection.monitor", default=""))
         if "/target/" in monitor and not self.allow_target_labels:
-            raise GaldaError(f"selection.monitor={monitor} reads target labels; a label-free "
-                             "search needs a validator (val/validator/<name>), or set "
-                             "hydra.sweeper.allow_target_labels=true (results marked ‡)")
+            raise GaldaError(
+                f"selection.monitor={monitor} reads target labels; a label-free "
+                "search needs a validator (val/validator/<name>), or set "
+                "hydra.sweeper.allow_target_labels=true (results marked ‡)"
+            )
         study_direction = optuna_direction(self.direction, monitor)
         args = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         distributions, fixed = search_space(args)
@@ -174,16 +196,28 @@ class OptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(study_name=self.study_name, storage=self.storage,
-                                    direction=study_direction, load_if_exists=True)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=self.storage,
+            direction=study_direction,
+            load_if_exists=True,
+        )
         previous = len(study.trials)
         stale = [t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
         if stale:
-            log.warning("Trials %s were left running by an interrupted search; they are ignored",
-                        stale)
+            log.warning(
+                "Trials %s were left running by an interrupted search; they are ignored", stale
+            )
         study.sampler = self._sampler(previous)
-        log.info("Study %s (%s): %d trials so far; objective %s (%s); %d trials to run",
-                 self.study_name, self.storage, previous, monitor, study_direction, self.n_trials)
+        log.info(
+            "Study %s (%s): %d trials so far; objective %s (%s); %d trials to run",
+            self.study_name,
+            self.storage,
+            previous,
+            monitor,
+            study_direction,
+            self.n_trials,
+        )
 
         returns: list[Any] = []
         failed = 0
@@ -196,8 +230,9 @@ class OptunaSweeper(Sweeper):
                 subdir = f"trial_{trial.number:04d}"
                 trial.set_user_attr("run_dir", str(sweep_dir / subdir))
                 values = {**{k: _format(v) for k, v in trial.params.items()}, **fixed}
-                overrides.append([f"{k}={v}" for k, v in values.items()]
-                                 + [f"hydra.sweep.subdir={subdir}"])
+                overrides.append(
+                    [f"{k}={v}" for k, v in values.items()] + [f"hydra.sweep.subdir={subdir}"]
+                )
             results = self.launcher.launch(overrides, initial_job_idx=previous + launched)
             for trial, ret in zip(trials, results, strict=True):
                 value = _job_value(ret)
@@ -210,8 +245,10 @@ class OptunaSweeper(Sweeper):
             launched += batch
             returns.extend(results)
             if failed / launched > self.max_failure_rate:
-                raise GaldaError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: "
-                                 f"{failed} of {launched} trials failed; see their results.json")
+                raise GaldaError(
+                    f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: "
+                    f"{failed} of {launched} trials failed; see their results.json"
+                )
         summary = summarise(study, monitor, target_objective="/target/" in monitor)
         from galda.results import atomic_write_text
 
@@ -244,14 +281,21 @@ def summarise(study: Any, objective: str, target_objective: bool = False) -> dic
         "study": study.study_name,
         "objective": objective + (" ‡" if target_objective else ""),
         "direction": study.direction.name.lower(),
-        "trials": {"total": len(study.trials), "complete": len(done),
-                   "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)},
+        "trials": {
+            "total": len(study.trials),
+            "complete": len(done),
+            "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials),
+        },
     }
     if not done:
         return summary
     best = study.best_trial
-    summary["best_trial"] = {"number": best.number, "value": best.value,
-                             "params": dict(best.params), "run_dir": best.user_attrs.get("run_dir")}
+    summary["best_trial"] = {
+        "number": best.number,
+        "value": best.value,
+        "params": dict(best.params),
+        "run_dir": best.user_attrs.get("run_dir"),
+    }
     accuracy: dict[int, float] = {}
     for trial in done:
         run_dir = trial.user_attrs.get("run_dir")
@@ -262,7 +306,7 @@ def summarise(study: Any, objective: str, target_objective: bool = False) -> dic
         if acc is not None:
             accuracy[trial.number] = float(acc)
     if accuracy:
-        top = max(accuracy, key=accuracy.get)
+        top = max(accuracy, key=lambda number: accuracy[number])
         summary[TARGET_NOTE] = {
             "best_trial_test_target_acc": accuracy.get(best.number),
             "best_achievable_test_target_acc": accuracy[top],
@@ -273,16 +317,22 @@ def summarise(study: Any, objective: str, target_objective: bool = False) -> dic
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
-    lines = [(f"study {summary['study']}: {summary['trials']['complete']} complete of "
-              f"{summary['trials']['total']} trials; objective {summary['objective']} "
-              f"({summary['direction']})")]
+    lines = [
+        (
+            f"study {summary['study']}: {summary['trials']['complete']} complete of "
+            f"{summary['trials']['total']} trials; objective {summary['objective']} "
+            f"({summary['direction']})"
+        )
+    ]
     best = summary.get("best_trial")
     if best:
         lines.append(f"best trial {best['number']}: {best['value']:.4f} with {best['params']}")
     scored = summary.get(TARGET_NOTE)
     if scored:
         chosen = scored["best_trial_test_target_acc"]
-        lines.append(f"test/target/acc ‡: best trial {'—' if chosen is None else f'{chosen:.4f}'}, "
-                     f"best achievable {scored['best_achievable_test_target_acc']:.4f} "
-                     f"(trial {scored['best_achievable_trial']}) — {TARGET_NOTE}")
+        lines.append(
+            f"test/target/acc ‡: best trial {'—' if chosen is None else f'{chosen:.4f}'}, "
+            f"best achievable {scored['best_achievable_test_target_acc']:.4f} "
+            f"(trial {scored['best_achievable_trial']}) — {TARGET_NOTE}"
+        )
     return lines

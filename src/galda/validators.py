@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import pytorch_lightning as pl
 import torch
@@ -76,7 +76,8 @@ def _entropies(logits: Tensor) -> Tensor:
 def source_accuracy(source_logits: Tensor, source_labels: Tensor) -> float:
     """Source-validation accuracy, mean 1[argmax z_i = y_i]: the usual choice, label-free for the
     target, but it need not follow target accuracy once the domains are being aligned."""
-    return float((source_logits.argmax(1) == source_labels.to(source_logits.device)).double().mean())
+    labels = source_labels.to(source_logits.device)
+    return float((source_logits.argmax(1) == labels).double().mean())
 
 
 def source_loss(source_logits: Tensor, source_labels: Tensor) -> float:
@@ -122,8 +123,9 @@ def batch_nuclear_norm(target_logits: Tensor) -> float:
     return float(torch.linalg.svdvals(p).sum() / p.shape[0])
 
 
-def soft_neighbourhood_density(target_logits: Tensor, temperature: float = 0.05,
-                               chunk: int = 2048) -> float:
+def soft_neighbourhood_density(
+    target_logits: Tensor, temperature: float = 0.05, chunk: int = 2048
+) -> float:
     """Soft neighbourhood density (Saito et al. 2021, ICCV, "Tune it the right way").
 
     With p̂_i = p_i / ‖p_i‖ the L2-normalised target softmax vectors, s_ij = p̂_i·p̂_j (cosine
@@ -156,11 +158,18 @@ def fit_logistic_regression(x: Tensor, y: Tensor, l2: float) -> tuple[Tensor, Te
     with torch.inference_mode(False), torch.enable_grad():
         x = _f64(x).clone()
         y = _f64(y).clone()
-        theta = torch.zeros(x.shape[1] + 1, dtype=torch.float64, device=x.device,
-                            requires_grad=True)
-        opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=1000, tolerance_grad=1e-10,
-                                tolerance_change=1e-14, history_size=20,
-                                line_search_fn="strong_wolfe")
+        theta = torch.zeros(
+            x.shape[1] + 1, dtype=torch.float64, device=x.device, requires_grad=True
+        )
+        opt = torch.optim.LBFGS(
+            [theta],
+            lr=1.0,
+            max_iter=1000,
+            tolerance_grad=1e-10,
+            tolerance_change=1e-14,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure() -> Tensor:
             opt.zero_grad()
@@ -177,7 +186,7 @@ def fit_logistic_regression(x: Tensor, y: Tensor, l2: float) -> tuple[Tensor, Te
 def two_fold_split(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """A random split of range(n) into two halves (the first gets ⌊n/2⌋)."""
     perm = torch.randperm(n, generator=generator)
-    return perm[: n // 2], perm[n // 2:]
+    return perm[: n // 2], perm[n // 2 :]
 
 
 class CrossFit(NamedTuple):
@@ -189,8 +198,9 @@ class CrossFit(NamedTuple):
     source_prior_ratio: Tensor
 
 
-def target_probability_cross_fit(source_features: Tensor, target_features: Tensor,
-                                 seed: int = 0, l2: float = 0.1) -> CrossFit:
+def target_probability_cross_fit(
+    source_features: Tensor, target_features: Tensor, seed: int = 0, l2: float = 0.1
+) -> CrossFit:
     """Two-fold cross-fitted linear domain classifier on features (target = 1, source = 0).
 
     Source and target rows are each split in two halves (``seed``); a logistic regression
@@ -238,10 +248,16 @@ def dev_risk(losses: Tensor, weights: Tensor) -> float:
     return float(weighted.mean() + eta * weights.mean() - eta)
 
 
-def deep_embedded_validation(source_features: Tensor, source_logits: Tensor,
-                             source_labels: Tensor, target_features: Tensor, seed: int = 0,
-                             l2: float = 0.1, clip: float = 1e-6,
-                             cross_fit: CrossFit | None = None) -> float:
+def deep_embedded_validation(
+    source_features: Tensor,
+    source_logits: Tensor,
+    source_labels: Tensor,
+    target_features: Tensor,
+    seed: int = 0,
+    l2: float = 0.1,
+    clip: float = 1e-6,
+    cross_fit: CrossFit | None = None,
+) -> float:
     """Deep embedded validation, DEV (You et al. 2019, ICML): the source-validation loss weighted
     by the density ratio w(f) = p_t(f)/p_s(f), with a control variate (:func:`dev_risk`).
 
@@ -253,8 +269,11 @@ def deep_embedded_validation(source_features: Tensor, source_logits: Tensor,
     """
     if len(source_features) < 4 or len(target_features) < 4:
         return math.nan
-    fit = cross_fit if cross_fit is not None else target_probability_cross_fit(
-        source_features, target_features, seed, l2)
+    fit = (
+        cross_fit
+        if cross_fit is not None
+        else target_probability_cross_fit(source_features, target_features, seed, l2)
+    )
     d = fit.source_probs.clamp(clip, 1.0 - clip)
     weights = fit.source_prior_ratio * d / (1.0 - d)
     logits = _f64(source_logits)
@@ -262,8 +281,13 @@ def deep_embedded_validation(source_features: Tensor, source_logits: Tensor,
     return dev_risk(losses, weights)
 
 
-def proxy_a_distance(source_features: Tensor, target_features: Tensor, seed: int = 0,
-                     l2: float = 0.1, cross_fit: CrossFit | None = None) -> float:
+def proxy_a_distance(
+    source_features: Tensor,
+    target_features: Tensor,
+    seed: int = 0,
+    l2: float = 0.1,
+    cross_fit: CrossFit | None = None,
+) -> float:
     """Proxy A-distance of the features, 2(1 − 2ε) (Ben-David et al. 2007, NeurIPS, "Analysis of
     representations for domain adaptation"), ε the held-out error of a linear domain classifier
     (:func:`target_probability_cross_fit`), balanced over the two domains:
@@ -274,10 +298,15 @@ def proxy_a_distance(source_features: Tensor, target_features: Tensor, seed: int
     """
     if len(source_features) < 4 or len(target_features) < 4:
         return math.nan
-    fit = cross_fit if cross_fit is not None else target_probability_cross_fit(
-        source_features, target_features, seed, l2)
-    error = 0.5 * (float((fit.source_probs > 0.5).double().mean())
-                   + float((fit.target_probs <= 0.5).double().mean()))
+    fit = (
+        cross_fit
+        if cross_fit is not None
+        else target_probability_cross_fit(source_features, target_features, seed, l2)
+    )
+    error = 0.5 * (
+        float((fit.source_probs > 0.5).double().mean())
+        + float((fit.target_probs <= 0.5).double().mean())
+    )
     return 2.0 * (1.0 - 2.0 * error)
 
 
@@ -299,8 +328,11 @@ VALIDATORS: dict[str, Validator] = {
     "im": Validator(information_maximisation, "max", ("target_logits",)),
     "bnm": Validator(batch_nuclear_norm, "max", ("target_logits",)),
     "snd": Validator(soft_neighbourhood_density, "max", ("target_logits",)),
-    "dev": Validator(deep_embedded_validation, "min",
-                     ("source_features", "source_logits", "source_labels", "target_features")),
+    "dev": Validator(
+        deep_embedded_validation,
+        "min",
+        ("source_features", "source_logits", "source_labels", "target_features"),
+    ),
     "pad": Validator(proxy_a_distance, "min", ("source_features", "target_features")),
 }
 
@@ -309,46 +341,51 @@ _MIN_SUFFIXES = ("/loss", "/brier")
 
 
 def direction(monitor: str) -> Direction:
-    """"max" or "min" for a selection metric: ``val/validator/<name>`` from the registry, else by
+    """ "max" or "min" for a selection metric: ``val/validator/<name>`` from the registry, else by
     the metric's suffix (acc, auroc, f1, precision, recall → max; loss, brier → min)."""
     monitor = str(monitor)
     if monitor.startswith(PREFIX):
-        name = monitor[len(PREFIX):]
+        name = monitor[len(PREFIX) :]
         if name not in VALIDATORS:
-            raise GaldaError(f"selection.monitor={monitor}: no validator {name!r}; "
-                             f"choose one of {', '.join(VALIDATORS)}")
+            raise GaldaError(
+                f"selection.monitor={monitor}: no validator {name!r}; "
+                f"choose one of {', '.join(VALIDATORS)}"
+            )
         return VALIDATORS[name].direction
     if monitor.endswith(_MAX_SUFFIXES):
         return "max"
     if monitor.endswith(_MIN_SUFFIXES):
         return "min"
-    raise GaldaError(f"selection.monitor={monitor}: unknown direction; set selection.mode "
-                     f"to max or min")
+    raise GaldaError(
+        f"selection.monitor={monitor}: unknown direction; set selection.mode to max or min"
+    )
 
 
-def compute_validators(inputs: Mapping[str, Tensor | None], names: list[str] | None = None,
-                       seed: int = 0) -> dict[str, float]:
+def compute_validators(
+    inputs: Mapping[str, Tensor | None], names: list[str] | None = None, seed: int = 0
+) -> dict[str, float]:
     """Every validator in ``names`` (default: all) whose inputs are present; ``seed`` fixes the
     domain classifier's split (DEV, proxy A-distance, which share one cross-fitted classifier)."""
     values: dict[str, float] = {}
     shared: dict[str, CrossFit] = {}
     for name in names or list(VALIDATORS):
         if name not in VALIDATORS:
-            raise GaldaError(f"validators: no validator {name!r}; "
-                             f"choose from {', '.join(VALIDATORS)}")
+            raise GaldaError(
+                f"validators: no validator {name!r}; choose from {', '.join(VALIDATORS)}"
+            )
         validator = VALIDATORS[name]
-        if any(inputs.get(need) is None or len(inputs[need]) == 0 for need in validator.needs):
+        kwargs: dict[str, Any] = {need: inputs.get(need) for need in validator.needs}
+        if any(v is None or len(v) == 0 for v in kwargs.values()):
             continue
-        kwargs: dict[str, Any] = {need: inputs[need] for need in validator.needs}
         parameters = inspect.signature(validator.fn).parameters
         if "seed" in parameters:
             kwargs["seed"] = seed
-        if "cross_fit" in parameters and min(len(inputs["source_features"]),
-                                             len(inputs["target_features"])) >= 4:
-            if "fit" not in shared:
-                shared["fit"] = target_probability_cross_fit(
-                    inputs["source_features"], inputs["target_features"], seed=seed)
-            kwargs["cross_fit"] = shared["fit"]
+        if "cross_fit" in parameters:
+            fs, ft = kwargs["source_features"], kwargs["target_features"]
+            if min(len(fs), len(ft)) >= 4:
+                if "fit" not in shared:
+                    shared["fit"] = target_probability_cross_fit(fs, ft, seed=seed)
+                kwargs["cross_fit"] = shared["fit"]
         values[name] = validator.fn(**kwargs)
     return values
 
@@ -372,16 +409,17 @@ class ValidatorCallback(pl.Callback):
             GPU during GPU training; float64 throughout, so results match the CPU's to rounding).
     """
 
-    def __init__(self, names: list[str] | None = None, seed: int = 0,
-                 device: str = "cpu") -> None:
+    def __init__(self, names: list[str] | None = None, seed: int = 0, device: str = "cpu") -> None:
         super().__init__()
         if device not in ("cpu", "auto"):
             raise GaldaError(f"callbacks.validators.device={device}: use cpu or auto")
         self.device = device
         for name in names or []:
             if name not in VALIDATORS:
-                raise GaldaError(f"callbacks.validators.names: no validator {name!r}; "
-                                 f"choose from {', '.join(VALIDATORS)}")
+                raise GaldaError(
+                    f"callbacks.validators.names: no validator {name!r}; "
+                    f"choose from {', '.join(VALIDATORS)}"
+                )
         self.names = list(names) if names else list(VALIDATORS)
         self.seed = int(seed)
         self.history: dict[int, dict[str, float]] = {}
@@ -396,13 +434,21 @@ class ValidatorCallback(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._store = {}
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                outputs: Any, batch: Any, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if not isinstance(outputs, Mapping) or "domain" not in outputs:
             if not self._warned:
-                log.warning("ValidatorCallback: validation_step returned no {'domain', 'features', "
-                            "'logits', 'labels'} dict; no validators are logged")
+                log.warning(
+                    "ValidatorCallback: validation_step returned no {'domain', 'features', "
+                    "'logits', 'labels'} dict; no validators are logged"
+                )
                 self._warned = True
             return
         store = self._store.setdefault(str(outputs["domain"]), {})
@@ -446,8 +492,8 @@ class ValidatorCallback(pl.Callback):
 def _gather_rows(pl_module: pl.LightningModule, tensor: Tensor) -> Tensor:
     """Concatenate ``tensor`` over processes along dim 0; ranks may hold different row counts."""
     n = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = pl_module.all_gather(n).reshape(-1).tolist()
+    sizes = cast(Tensor, pl_module.all_gather(n)).reshape(-1).tolist()
     padded = tensor.new_zeros((int(max(sizes)), *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
-    gathered = pl_module.all_gather(padded)
+    gathered = cast(Tensor, pl_module.all_gather(padded))
     return torch.cat([gathered[rank, : int(size)] for rank, size in enumerate(sizes)])

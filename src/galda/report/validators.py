@@ -39,14 +39,31 @@ from galda.validators import PREFIX, VALIDATORS, direction
 TARGET = "val/target/acc"
 SOURCE = "val/source/acc"
 MARK = "‡"
-NOTE = (f"{MARK} Target labels (val/target/acc, test/target/acc) are used here only to score the "
-        "validators; no validator reads them and nothing here selects with them.")
+NOTE = (
+    f"{MARK} Target labels (val/target/acc, test/target/acc) are used here only to score the "
+    "validators; no validator reads them and nothing here selects with them."
+)
 
 CSV_FIELDS = (
-    "group", "validator", "direction", "runs", "rho_run_mean", "rho_run_sd", "rho_pooled",
-    "points", "acc_selected", "acc_oracle", "acc_source_selection", "gap_to_oracle",
-    "gain_over_source", "sweeps", "sweep_acc_selected", "sweep_acc_oracle",
-    "sweep_acc_source_selection", "test_runs", "test_acc_selected",
+    "group",
+    "validator",
+    "direction",
+    "runs",
+    "rho_run_mean",
+    "rho_run_sd",
+    "rho_pooled",
+    "points",
+    "acc_selected",
+    "acc_oracle",
+    "acc_source_selection",
+    "gap_to_oracle",
+    "gain_over_source",
+    "sweeps",
+    "sweep_acc_selected",
+    "sweep_acc_oracle",
+    "sweep_acc_source_selection",
+    "test_runs",
+    "test_acc_selected",
 )
 
 
@@ -126,8 +143,11 @@ def read_metrics_csv(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, np.
             e = int(float(epoch))
             if any(k and k.startswith("train/") and v not in (None, "") for k, v in row.items()):
                 trained.add(e)
-            vals = {k: float(v) for k, v in row.items()
-                    if k and k.startswith("val/") and v not in (None, "")}
+            vals = {
+                k: float(v)
+                for k, v in row.items()
+                if k and k.startswith("val/") and v not in (None, "")
+            }
             if vals:
                 per_epoch.setdefault(e, {}).update(vals)
     if trained:
@@ -193,7 +213,7 @@ def load_curves(dirs: Iterable[str | os.PathLike]) -> list[RunCurve]:
 
 def validator_names(curves: list[RunCurve]) -> list[str]:
     """Validators logged by any run, in registry order (unknown names last, alphabetically)."""
-    found = {k[len(PREFIX):] for c in curves for k in c.values if k.startswith(PREFIX)}
+    found = {k[len(PREFIX) :] for c in curves for k in c.values if k.startswith(PREFIX)}
     return [n for n in VALIDATORS if n in found] + sorted(found - set(VALIDATORS))
 
 
@@ -241,9 +261,12 @@ def _study_row(curves: list[RunCurve], name: str) -> dict[str, Any] | None:
         sweep_sel.append(_select(scores, target))
         sweep_oracle.append(_select(target, target))
         sweep_source.append(_select(np.concatenate([c.column(SOURCE) for c in members]), target))
-    tested = [c.results.get("test/target/acc") for c in runs
-              if (c.results.get("selection") or {}).get("monitor") == key
-              and c.results.get("test/target/acc") is not None]
+    tested = [
+        float(c.results["test/target/acc"])
+        for c in runs
+        if (c.results.get("selection") or {}).get("monitor") == key
+        and c.results.get("test/target/acc") is not None
+    ]
     acc_sel, acc_oracle, acc_source = _mean(selected), _mean(oracle), _mean(by_source)
     return {
         "validator": name,
@@ -287,28 +310,61 @@ def _rho(mean: float, sd: float = math.nan) -> str:
 
 
 def study_markdown(rows: list[dict[str, Any]], n_runs: int) -> str:
-    lines = [f"# Validator study {MARK}", "", NOTE, "",
-             (f"{n_runs} runs. ρ: Spearman rank correlation of the validator (oriented: larger = "
-             "better by its direction) with the target-validation accuracy, across epochs (mean ± "
-             "sd over runs) and pooled over all epochs of all runs. Accuracies in %: the target "
-             "accuracy at the epoch each rule selects, mean over runs; Δ in points. Sweep columns: "
-             "the best (run, epoch) of each folder given on the command line."), ""]
-    header = ["validator", "dir", "runs", "ρ per run", "ρ pooled", f"selected {MARK}",
-              f"oracle {MARK}", f"by source acc {MARK}", f"Δ oracle {MARK}",
-              f"Δ source acc {MARK}", f"sweep: selected / oracle / source acc {MARK}",
-              f"test acc, runs selected by it {MARK}"]
+    lines = [
+        f"# Validator study {MARK}",
+        "",
+        NOTE,
+        "",
+        (
+            f"{n_runs} runs. ρ: Spearman rank correlation of the validator (oriented: larger = "
+            "better by its direction) with the target-validation accuracy, across epochs (mean ± "
+            "sd over runs) and pooled over all epochs of all runs. Accuracies in %: the target "
+            "accuracy at the epoch each rule selects, mean over runs; Δ in points. Sweep columns: "
+            "the best (run, epoch) of each folder given on the command line."
+        ),
+        "",
+    ]
+    header = [
+        "validator",
+        "dir",
+        "runs",
+        "ρ per run",
+        "ρ pooled",
+        f"selected {MARK}",
+        f"oracle {MARK}",
+        f"by source acc {MARK}",
+        f"Δ oracle {MARK}",
+        f"Δ source acc {MARK}",
+        f"sweep: selected / oracle / source acc {MARK}",
+        f"test acc, runs selected by it {MARK}",
+    ]
     for group in dict.fromkeys(r["group"] for r in rows):
-        lines += [f"## {group}", "", "| " + " | ".join(header) + " |",
-                  "|:---|:---:|" + "---:|" * (len(header) - 2)]
+        lines += [
+            f"## {group}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|:---|:---:|" + "---:|" * (len(header) - 2),
+        ]
         for r in (r for r in rows if r["group"] == group):
-            sweep = (f"{_pct(r['sweep_acc_selected'])} / {_pct(r['sweep_acc_oracle'])} / "
-                     f"{_pct(r['sweep_acc_source_selection'])} (n={r['sweeps']})")
+            sweep = (
+                f"{_pct(r['sweep_acc_selected'])} / {_pct(r['sweep_acc_oracle'])} / "
+                f"{_pct(r['sweep_acc_source_selection'])} (n={r['sweeps']})"
+            )
             test = f"{_pct(r['test_acc_selected'])} (n={r['test_runs']})" if r["test_runs"] else "—"
-            cells = [r["validator"], r["direction"], str(r["runs"]),
-                     _rho(r["rho_run_mean"], r["rho_run_sd"]), _rho(r["rho_pooled"]),
-                     _pct(r["acc_selected"]), _pct(r["acc_oracle"]),
-                     _pct(r["acc_source_selection"]), _pts(-r["gap_to_oracle"]),
-                     _pts(r["gain_over_source"]), sweep, test]
+            cells = [
+                r["validator"],
+                r["direction"],
+                str(r["runs"]),
+                _rho(r["rho_run_mean"], r["rho_run_sd"]),
+                _rho(r["rho_pooled"]),
+                _pct(r["acc_selected"]),
+                _pct(r["acc_oracle"]),
+                _pct(r["acc_source_selection"]),
+                _pts(-r["gap_to_oracle"]),
+                _pts(r["gain_over_source"]),
+                sweep,
+                test,
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -334,7 +390,8 @@ def draw_scatter(curves: list[RunCurve], rows: list[dict[str, Any]]):
 
     names = validator_names(curves)
     pooled = {r["validator"]: r["rho_pooled"] for r in rows if r["group"] in ("all",)} or {
-        r["validator"]: r["rho_pooled"] for r in rows}
+        r["validator"]: r["rho_pooled"] for r in rows
+    }
     ncols = min(4, max(1, len(names)))
     nrows = math.ceil(len(names) / ncols) if names else 1
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.0 * nrows), squeeze=False)
@@ -352,35 +409,45 @@ def draw_scatter(curves: list[RunCurve], rows: list[dict[str, Any]]):
         ax.set_xlabel(name, fontsize=8)
         ax.set_ylabel(f"target val acc % {MARK}", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     if groups:
         axes.flat[0].legend(fontsize=6, loc="best")
-    fig.suptitle(f"Validators vs target-validation accuracy {MARK} (target labels only score the "
-                 "validators)", fontsize=9)
+    fig.suptitle(
+        f"Validators vs target-validation accuracy {MARK} (target labels only score the "
+        "validators)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
 
-def build_validator_study(dirs: Iterable[str | os.PathLike], out: str | os.PathLike,
-                          figures: bool = True) -> dict[str, Any]:
+def build_validator_study(
+    dirs: Iterable[str | os.PathLike], out: str | os.PathLike, figures: bool = True
+) -> dict[str, Any]:
     """Run the study on every run under ``dirs``; write the outputs into ``out``."""
     from .core import NoResultsError
 
-    dirs = [Path(d) for d in dirs]
-    curves = load_curves(d for d in dirs if d.exists())
+    folders = [Path(d) for d in dirs]
+    curves = load_curves(d for d in folders if d.exists())
     if not curves:
-        raise NoResultsError("no Lightning metrics.csv with val/target/acc under: "
-                             + ", ".join(str(d) for d in dirs))
+        raise NoResultsError(
+            "no Lightning metrics.csv with val/target/acc under: "
+            + ", ".join(str(d) for d in folders)
+        )
     rows = study_rows(curves)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     markdown = study_markdown(rows, len(curves))
     if not rows:
-        markdown += ("\nNo val/validator/* columns found: the runs were trained without "
-                     "galda.validators.ValidatorCallback.\n")
-    files = {"validators.md": atomic_write_text(out / "validators.md", markdown),
-             "validators.csv": atomic_write_text(out / "validators.csv", study_csv(rows))}
+        markdown += (
+            "\nNo val/validator/* columns found: the runs were trained without "
+            "galda.validators.ValidatorCallback.\n"
+        )
+    files = {
+        "validators.md": atomic_write_text(out / "validators.md", markdown),
+        "validators.csv": atomic_write_text(out / "validators.csv", study_csv(rows)),
+    }
     if figures and rows:
         import matplotlib.pyplot as plt
 
