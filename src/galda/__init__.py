@@ -5,3 +5,7 @@ losses on DeepMerge and ResNet18, source = PSF-convolved simulated images, targe
 """
 
 __version__ = "0.1.0"
+
+from galda.resolvers import register as _register_resolvers
+
+_register_resolvers()

@@ -15,24 +15,11 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from galda.devices import parallel_jobs
 from galda.errors import GaldaError
 
 log = logging.getLogger("galda")
-
-OmegaConf.register_new_resolver("galda_parallel_jobs", parallel_jobs, replace=True)
-
-
-def _selection_direction(monitor: str) -> str:
-    """``${galda_direction:<monitor>}``: max or min for a selection metric (validator registry)."""
-    from galda.validators import direction
-
-    return direction(monitor)
-
-
-OmegaConf.register_new_resolver("galda_direction", _selection_direction, replace=True)
 
 
 def find_config_dir() -> Path:

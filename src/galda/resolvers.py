@@ -1,0 +1,24 @@
+"""galda's OmegaConf resolvers, registered on ``import galda`` so that every way of composing the
+config (the app, ``hydra.compose`` in tests and notebooks) can resolve them."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+
+def _parallel_jobs() -> int:
+    from galda.devices import parallel_jobs
+
+    return parallel_jobs()
+
+
+def _selection_direction(monitor: str) -> str:
+    """``${galda_direction:<monitor>}``: max or min for a selection metric (validator registry)."""
+    from galda.validators import direction
+
+    return direction(monitor)
+
+
+def register() -> None:
+    OmegaConf.register_new_resolver("galda_parallel_jobs", _parallel_jobs, replace=True)
+    OmegaConf.register_new_resolver("galda_direction", _selection_direction, replace=True)
