@@ -31,7 +31,13 @@ from galda.data.datamodule import split_galaxies
 from galda.data.h5format import DataFormatError, read_domain
 from galda.diagnose.stats import galaxy_halves
 from galda.errors import GaldaError
-from galda.results import _jsonable, atomic_savefig, atomic_write_text, read_results
+from galda.results import (
+    _jsonable,
+    atomic_savefig,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +323,20 @@ def diagnose_runs(
     return summary
 
 
+def save_small_png(fig: Any, path: Path, dpi: int, colours: int = 128) -> None:
+    """Save a PNG with a reduced palette (noisy saliency maps compress poorly), atomically."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    buf.seek(0)
+    small = io.BytesIO()
+    Image.open(buf).convert("RGB").quantize(colors=colours).save(small, format="png", optimize=True)
+    atomic_write_bytes(path, small.getvalue())
+
+
 def _latent_figure(panels: list[dict[str, Any]], projection: str, out: Path) -> None:
     import matplotlib
 
@@ -390,6 +410,6 @@ def _saliency_figure(panels: list[dict[str, Any]], out: Path) -> None:
     fig.suptitle("Integrated gradients of the merger logit (|attribution| summed over bands)",
                  fontsize=9)
     fig.tight_layout()
-    atomic_savefig(fig, out / "saliency.png", dpi=90)
+    save_small_png(fig, out / "saliency.png", dpi=75, colours=128)
     atomic_savefig(fig, out / "saliency.pdf")
     plt.close(fig)
