@@ -1,5 +1,5 @@
-"""galda.classical: Gini and M20 against their definitions and an analytic profile, failure counting,
-the cache, the galaxy split, and the results file the report reads."""
+"""galda.classical: Gini and M20 against their definitions and an analytic profile, failure
+counting, the cache, the galaxy split, and the results file the report reads."""
 
 from __future__ import annotations
 
@@ -13,19 +13,20 @@ pytest.importorskip("photutils")
 pytest.importorskip("sklearn")
 
 from galda import classical
-from galda.data.datamodule import split_galaxies
 from galda.data.h5format import DomainData
 
 SIGMA = 5.0
 
 
-def gaussian(size: int = 81, sigma: float = SIGMA, flux: float = 1e4, dx: float = 0.0) -> np.ndarray:
+def gaussian(
+    size: int = 81, sigma: float = SIGMA, flux: float = 1e4, dx: float = 0.0
+) -> np.ndarray:
     yy, xx = np.mgrid[:size, :size] - size // 2
     return flux / (2 * np.pi * sigma**2) * np.exp(-((xx - dx) ** 2 + yy**2) / (2 * sigma**2))
 
 
 def gini_by_definition(values: np.ndarray) -> float:
-    """Lotz et al. (2004), Eq. 6: G = Σ_i (2i − n − 1)|X_i| / ((n − 1) Σ|X_i|), X sorted ascending."""
+    """Lotz et al. (2004), Eq. 6: G = Σ_i (2i − n − 1)|X_i| / ((n − 1) Σ|X_i|), X ascending."""
     x = np.sort(np.abs(values.ravel()))
     n = len(x)
     i = np.arange(1, n + 1)
@@ -118,8 +119,9 @@ def test_failures_are_counted_not_dropped():
 
 
 def _domain(ids: np.ndarray, labels: np.ndarray, name: str) -> DomainData:
-    return DomainData(np.zeros((len(ids), 1, 4, 4), np.float32), labels, ids, {},
-                      {"domain": name}, path=None)
+    return DomainData(
+        np.zeros((len(ids), 1, 4, 4), np.float32), labels, ids, {}, {"domain": name}, path=None
+    )
 
 
 def test_fit_and_score_uses_the_source_training_split_and_fills_failures():
@@ -130,9 +132,13 @@ def test_fit_and_score_uses_the_source_training_split_and_fills_failures():
 
     def features(shift: float) -> dict[str, np.ndarray]:
         gini = 0.4 + 0.2 * labels + rng.normal(0, 0.02, len(ids)) + shift
-        out = {"gini": gini, "m20": rng.normal(-1.8, 0.1, len(ids)),
-               "asymmetry": rng.normal(0.1, 0.05, len(ids)),
-               "flag": np.zeros(len(ids), int), "measured": np.ones(len(ids), bool)}
+        out = {
+            "gini": gini,
+            "m20": rng.normal(-1.8, 0.1, len(ids)),
+            "asymmetry": rng.normal(0.1, 0.05, len(ids)),
+            "flag": np.zeros(len(ids), int),
+            "measured": np.ones(len(ids), bool),
+        }
         return out
 
     measured = {"source": features(0.0), "target": features(0.3)}  # target Gini biased upwards
@@ -142,7 +148,7 @@ def test_fit_and_score_uses_the_source_training_split_and_fills_failures():
     measured["target"]["measured"][failed] = False
     scores = classical.fit_and_score(measured, data, split_seed=3, split_fractions=(0.7, 0.1, 0.2))
 
-    split = split_galaxies(np.concatenate([ids, ids]), (0.7, 0.1, 0.2), 3)
+    split = classical.datamodule_split(data, 3, (0.7, 0.1, 0.2))
     test_rows = np.flatnonzero(np.isin(ids, split["test"]))
     preds = scores["predictions"]
     assert np.array_equal(preds["source_index"], test_rows)
@@ -159,10 +165,34 @@ def test_fit_and_score_uses_the_source_training_split_and_fills_failures():
     assert not preds["target_measured"][failed_test].any()
 
 
+def test_split_matches_the_datamodule(tmp_path):
+    from galda.data import DomainAdaptationDataModule
+    from galda.data.h5format import read_domain
+    from tests.conftest import make_domain_files
+
+    src, tgt = make_domain_files(tmp_path, n_galaxies=30, views=2, noise=0.5)
+    dm = DomainAdaptationDataModule(str(src), str(tgt), split_seed=4)
+    dm.setup()
+    data = {"source": read_domain(src), "target": read_domain(tgt)}
+    split = classical.datamodule_split(data, 4, (0.7, 0.1, 0.2))
+    for domain in ("source", "target"):
+        for name in ("val", "test"):
+            rows = np.flatnonzero(np.isin(data[domain].galaxy_id, split[name]))
+            np.testing.assert_array_equal(rows, dm.datasets[domain][name].rows.numpy())
+        n_train = int(np.isin(data[domain].galaxy_id, split["train"]).sum())
+        assert n_train == dm.split_sizes[domain]["train"]
+
+
 def test_cache_is_keyed_by_content(tmp_path, monkeypatch):
     images = np.stack([gaussian(size=31), gaussian(size=31, sigma=3.0)])[:, None].astype(np.float32)
-    dd = DomainData(images, np.array([0, 1]), np.array([1, 2]), {}, {"domain": "source"},
-                    path=tmp_path / "source.h5")
+    dd = DomainData(
+        images,
+        np.array([0, 1]),
+        np.array([1, 2]),
+        {},
+        {"domain": "source"},
+        path=tmp_path / "source.h5",
+    )
     calls = []
     real = classical.measure_images
 
@@ -188,12 +218,26 @@ def test_command_line_writes_a_report_row(tmp_path):
 
     make_domain_files(tmp_path / "data", n_galaxies=10, views=2, noise=0.3)
     out = tmp_path / "classical"
-    code = classical.main([str(tmp_path / "data"), "--out", str(out), "--jobs", "1",
-                           "--name", "tiny", "--no-progress"])
+    code = classical.main(
+        [
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+            "--name",
+            "tiny",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert (res["model"], res["method"], res["seed"], res["status"]) == (
-        "classical", "gini_m20_a", 0, "complete")
+        "classical",
+        "gini_m20_a",
+        0,
+        "complete",
+    )
     assert res["uses_target_images"] is False and res["uses_target_labels"] is False
     assert set(res["measured_fraction"]) == {"source", "target"}
     assert 0 <= res["measured_fraction"]["target"] <= 1

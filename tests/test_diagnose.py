@@ -112,8 +112,13 @@ def _write_blob_domains(folder: Path, n_galaxies: int = 100, noise: float = 1.0)
     ids = np.repeat(np.arange(n_galaxies), 2)
     labels = rng.integers(0, 2, len(ids))
     for name, images in (("source", source), ("target", target)):
-        write_domain(folder / f"{name}.h5", images, labels, ids,
-                     attrs={"domain": name, "band_names": ["a", "b", "c"]})
+        write_domain(
+            folder / f"{name}.h5",
+            images,
+            labels,
+            ids,
+            attrs={"domain": name, "band_names": ["a", "b", "c"]},
+        )
 
 
 def test_data_command_line(tmp_path):
@@ -141,14 +146,26 @@ def test_data_command_line_bad_input(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "source.h5" in err and "--source" in err
     assert main(["--source", str(tmp_path / "x.h5"), "--out", str(tmp_path / "o")]) == 2
     (tmp_path / "junk.h5").write_text("not hdf5")
-    code = main(["--source", str(tmp_path / "junk.h5"), "--target", str(tmp_path / "junk.h5"),
-                 "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "--source",
+            str(tmp_path / "junk.h5"),
+            "--target",
+            str(tmp_path / "junk.h5"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     assert "junk.h5" in capsys.readouterr().err
 
 
-def _fake_run(tmp_path: Path, compose_cfg) -> Path:
-    """A complete run folder for the tiny network on synthetic data, without training."""
+def _fake_run(tmp_path: Path, compose_cfg, lightning_checkpoint: bool = False) -> Path:
+    """A complete run folder for the tiny network on synthetic data, without training.
+
+    ``lightning_checkpoint``: the checkpoint carries the network config in its hyper-parameters
+    (what training writes now); otherwise only a state dict (older runs).
+    """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -158,25 +175,50 @@ def _fake_run(tmp_path: Path, compose_cfg) -> Path:
     data_dir = tmp_path / "data"
     make_domain_files(data_dir / "simulated" / "tiny-seed1", n_galaxies=30, views=2, noise=0.5)
     run_dir = tmp_path / "run"
-    cfg = compose_cfg("data=tiny", "model=tiny", "method=dann", f"paths.data_dir={data_dir}",
-                      run_dir=run_dir)
+    cfg = compose_cfg(
+        "data=tiny", "model=tiny", "method=dann", f"paths.data_dir={data_dir}", run_dir=run_dir
+    )
     torch.manual_seed(0)
-    module = instantiate(cfg.method.module, net=instantiate(cfg.model.net))
+    if lightning_checkpoint:
+        import pytorch_lightning as pl
+
+        from galda.train import build_module
+
+        module = build_module(cfg)
+        extra = {
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        }
+    else:
+        module = instantiate(cfg.method.module, net=instantiate(cfg.model.net))
+        extra = {}
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    torch.save({"state_dict": module.state_dict()}, run_dir / "checkpoints" / "epoch000.ckpt")
-    res.write_results(run_dir, {"status": "complete", "data": "tiny", "model": "tiny",
-                                "method": "dann", "seed": 1,
-                                "checkpoint": "/elsewhere/checkpoints/epoch000.ckpt",
-                                "test/source/acc": 0.5, "test/target/acc": 0.5})
+    torch.save(
+        {"state_dict": module.state_dict(), **extra}, run_dir / "checkpoints" / "epoch000.ckpt"
+    )
+    res.write_results(
+        run_dir,
+        {
+            "status": "complete",
+            "data": "tiny",
+            "model": "tiny",
+            "method": "dann",
+            "seed": 1,
+            "checkpoint": "/elsewhere/checkpoints/epoch000.ckpt",
+            "test/source/acc": 0.5,
+            "test/target/acc": 0.5,
+        },
+    )
     return run_dir
 
 
-def test_load_run_model_restores_weights(tmp_path, compose_cfg):
+@pytest.mark.parametrize("lightning_checkpoint", [False, True])
+def test_load_run_model_restores_weights(tmp_path, compose_cfg, lightning_checkpoint):
     from galda.diagnose.runs import load_run_model, test_sets
 
-    run_dir = _fake_run(tmp_path, compose_cfg)
+    run_dir = _fake_run(tmp_path, compose_cfg, lightning_checkpoint)
     module, cfg, results = load_run_model(run_dir)
     saved = torch.load(run_dir / "checkpoints" / "epoch000.ckpt", weights_only=False)
     for key, value in module.state_dict().items():
@@ -186,14 +228,25 @@ def test_load_run_model_restores_weights(tmp_path, compose_cfg):
     # 30 galaxies, 20 % test (rounded as the DataModule does), 2 views each
     assert len(sets["source"].images) == len(sets["source"].rows) == 2 * (30 - 21 - 3)
     assert np.array_equal(sets["source"].galaxy_id, sets["target"].galaxy_id)
+    assert type(module).__name__ == "DANNClassifier" and not module.training
 
 
 def test_runs_command_line(tmp_path, compose_cfg):
     pytest.importorskip("captum")
     run_dir = _fake_run(tmp_path, compose_cfg)
     out = tmp_path / "diag"
-    code = main([str(run_dir), str(run_dir), "--out", str(out), "--projection", "tsne",
-                 "--saliency-examples", "1"])
+    code = main(
+        [
+            str(run_dir),
+            str(run_dir),
+            "--out",
+            str(out),
+            "--projection",
+            "tsne",
+            "--saliency-examples",
+            "1",
+        ]
+    )
     assert code == 0
     result = json.loads((out / "runs_diagnostics.json").read_text())
     assert len(result["runs"]) == 2

@@ -18,7 +18,8 @@ non-finite value; failures are counted (``measured_fraction``) and get the sourc
 
 A logistic regression on the standardised (G, M20, A) is fitted on the measured stamps of the source
 **training** split (the DataModule's galaxy split), and scored on the source and target test splits.
-The measurements are cached per domain file in an ``.npz`` keyed by the SHA-256 of the measured band.
+The measurements are cached per domain file in an ``.npz`` keyed by the SHA-256 of the measured
+band.
 
 Command line: ``python -m galda.classical DATA --out RUN_DIR`` writes ``RUN_DIR/results.json``
 (the training runs' schema, ``model="classical"``, ``method="gini_m20_a"``) and
@@ -56,8 +57,12 @@ MODEL_NAME = "classical"
 METHOD_NAME = "gini_m20_a"
 #: bump when the measurement changes, so old caches are not reused
 MEASUREMENT_VERSION = 1
-SETTINGS = {"threshold_nsigma": 2.0, "sigma_floor_of_peak": 0.005, "min_pixels": 5,
-            "version": MEASUREMENT_VERSION}
+SETTINGS: dict[str, Any] = {
+    "threshold_nsigma": 2.0,
+    "sigma_floor_of_peak": 0.005,
+    "min_pixels": 5,
+    "version": MEASUREMENT_VERSION,
+}
 
 
 # -- one stamp --------------------------------------------------------------------------------
@@ -84,8 +89,9 @@ def _morphology_class() -> type:
     return _GiniM20Asymmetry
 
 
-def segment_central(image: np.ndarray, nsigma: float = 2.0, floor: float = 0.005,
-                    min_pixels: int = 5) -> tuple[np.ndarray | None, float, float]:
+def segment_central(
+    image: np.ndarray, nsigma: float = 2.0, floor: float = 0.005, min_pixels: int = 5
+) -> tuple[np.ndarray | None, float, float]:
     """Background-subtract, detect sources and keep the central one.
 
     Returns ``(segmap, background, sigma_eff)``; ``segmap`` is a 0/1 int array or ``None`` when
@@ -104,8 +110,10 @@ def segment_central(image: np.ndarray, nsigma: float = 2.0, floor: float = 0.005
     if label == 0:
         yy, xx = np.mgrid[:h, :w]
         labels = seg.labels
-        dist = [np.hypot(yy[seg.data == k].mean() - h // 2, xx[seg.data == k].mean() - w // 2)
-                for k in labels]
+        dist = [
+            np.hypot(yy[seg.data == k].mean() - h // 2, xx[seg.data == k].mean() - w // 2)
+            for k in labels
+        ]
         label = int(labels[int(np.argmin(dist))])
     return (seg.data == label).astype(np.int32), float(median), sigma
 
@@ -132,8 +140,11 @@ def measure_stamp(image: np.ndarray) -> tuple[float, float, float, int]:
         return np.nan, np.nan, np.nan, 5
     flag = int(morph.flag)
     before = getattr(morph, "flag_before_sky_test", None)
-    if (before is not None and abs(float(morph.sky_mean)) > float(morph.sky_sigma)
-            and abs(float(morph.sky_mean)) <= sigma):
+    if (
+        before is not None
+        and abs(float(morph.sky_mean)) > float(morph.sky_sigma)
+        and abs(float(morph.sky_mean)) <= sigma
+    ):
         flag = max(before, 1)  # the sky test alone failed, on a (near-)noiseless stamp
     values = [float(getattr(morph, f)) for f in FEATURES]
     if any(not np.isfinite(v) or v == -99.0 for v in values):
@@ -146,8 +157,9 @@ def _measure_block(images: np.ndarray) -> np.ndarray:
     return np.array([measure_stamp(img) for img in images], dtype=np.float64)
 
 
-def measure_images(images: np.ndarray, n_jobs: int = 1, progress: bool = True,
-                   block: int = 32) -> dict[str, np.ndarray]:
+def measure_images(
+    images: np.ndarray, n_jobs: int = 1, progress: bool = True, block: int = 32
+) -> dict[str, np.ndarray]:
     """Measure every 2-D stamp of ``images`` (N, H, W) in parallel (joblib processes).
 
     Returns ``{"gini", "m20", "asymmetry", "flag", "measured"}``; unmeasured rows are NaN.
@@ -166,8 +178,13 @@ def measure_images(images: np.ndarray, n_jobs: int = 1, progress: bool = True,
     table = np.concatenate(rows) if rows else np.empty((0, 4))
     flag = table[:, 3].astype(np.int64)
     measured = (flag >= 0) & (flag <= 1) & np.isfinite(table[:, :3]).all(axis=1)
-    return {"gini": table[:, 0], "m20": table[:, 1], "asymmetry": table[:, 2], "flag": flag,
-            "measured": measured}
+    return {
+        "gini": table[:, 0],
+        "m20": table[:, 1],
+        "asymmetry": table[:, 2],
+        "flag": flag,
+        "measured": measured,
+    }
 
 
 # -- cache ------------------------------------------------------------------------------------
@@ -214,7 +231,7 @@ def measure_domain(
     info.update(cached=False, measure_time_s=elapsed)
     log.info("%s: measured %d stamps in %.1f s (%d jobs)", data.path, len(stamps), elapsed, n_jobs)
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays, measure_time_s=elapsed)
+    np.savez_compressed(buf, measure_time_s=elapsed, **arrays)  # type: ignore[arg-type]
     try:
         res.atomic_write_bytes(cache, buf.getvalue())
     except OSError as err:  # a read-only data folder must not lose the measurement
@@ -223,6 +240,22 @@ def measure_domain(
 
 
 # -- the classifier ---------------------------------------------------------------------------
+def datamodule_split(
+    data: dict[str, DomainData], split_seed: int, split_fractions: Sequence[float]
+) -> dict[str, np.ndarray]:
+    """Galaxy ids per split, drawn as ``DomainAdaptationDataModule.setup`` draws them.
+
+    Stratified by the source labels only (target galaxies count as unlabelled), over the sorted
+    ids of both domains; ``tests/test_classical.py`` checks that the two agree.
+    """
+    ids = np.concatenate([data[d].galaxy_id for d in ("source", "target")])
+    source_labels = data["source"].labels
+    assert source_labels is not None
+    classes = np.concatenate([source_labels, np.full(len(data["target"].galaxy_id), -1)])
+    order = np.argsort(ids, kind="stable")
+    return split_galaxies(ids[order], split_fractions, split_seed, classes[order])
+
+
 def _matrix(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([arrays[f] for f in FEATURES], axis=1)
 
@@ -238,12 +271,11 @@ def fit_and_score(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    ids = np.concatenate([data[d].galaxy_id for d in data])
-    split = split_galaxies(ids, split_fractions, split_seed)
-    masks = {d: {s: np.isin(data[d].galaxy_id, split[s]) for s in split} for d in data}
-    train = masks["source"]["train"] & measured["source"]["measured"]
     if data["source"].labels is None:
         raise GaldaError(f"{data['source'].path}: the source domain must have labels")
+    split = datamodule_split(data, split_seed, split_fractions)
+    masks = {d: {s: np.isin(data[d].galaxy_id, split[s]) for s in split} for d in data}
+    train = masks["source"]["train"] & measured["source"]["measured"]
     y_train = data["source"].labels[train]
     if len(np.unique(y_train)) < 2:
         raise GaldaError(
@@ -269,13 +301,15 @@ def fit_and_score(
             out[f"test/{domain}/{name}"] = value
         out["confusion"][domain] = binary_confusion(probs, dd.labels[test])
         rows = np.flatnonzero(test)
-        out["predictions"].update({
-            f"{domain}_probs": probs.astype(np.float32),
-            f"{domain}_labels": dd.labels[test].astype(np.int64),
-            f"{domain}_index": rows.astype(np.int64),
-            f"{domain}_galaxy_id": dd.galaxy_id[rows].astype(np.int64),
-            f"{domain}_measured": ok[test],
-        })
+        out["predictions"].update(
+            {
+                f"{domain}_probs": probs.astype(np.float32),
+                f"{domain}_labels": dd.labels[test].astype(np.int64),
+                f"{domain}_index": rows.astype(np.int64),
+                f"{domain}_galaxy_id": dd.galaxy_id[rows].astype(np.int64),
+                f"{domain}_measured": ok[test],
+            }
+        )
     lr = clf[-1]
     out["classifier"] = {
         "model": "logistic regression on standardised (gini, m20, asymmetry), C=1",
@@ -329,9 +363,10 @@ def run_classical(
     scores = fit_and_score(measured, data, split_seed, split_fractions)
     bands = data["source"].attrs.get("band_names")
     band_index = infos["source"]["band_index"]
-    flags = {d: {str(k): int(v) for k, v in zip(*np.unique(measured[d]["flag"],
-                                                          return_counts=True))}
-             for d in data}
+    flags = {
+        d: {str(k): int(v) for k, v in zip(*np.unique(measured[d]["flag"], return_counts=True))}
+        for d in data
+    }
     results: dict[str, Any] = {
         "status": "complete",
         "error": None,
@@ -348,8 +383,11 @@ def run_classical(
         "measured_fraction_test": {d: scores[f"measured_fraction_test/{d}"] for d in data},
         "statmorph_flags": flags,
         "feature_medians": {
-            d: {f: float(np.nanmedian(measured[d][f])) if measured[d]["measured"].any() else None
-                for f in FEATURES} for d in data
+            d: {
+                f: float(np.nanmedian(measured[d][f])) if measured[d]["measured"].any() else None
+                for f in FEATURES
+            }
+            for d in data
         },
         "band": bands[band_index] if isinstance(bands, list) else band_index,
         "classifier": scores["classifier"],
@@ -375,22 +413,38 @@ def run_classical(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m galda.classical",
-        description="Gini–M20 + asymmetry (statmorph) logistic regression: a classical Table 1 row.",
+        description="Gini–M20 + asymmetry (statmorph) logistic regression: a classical row.",
     )
     p.add_argument("data", nargs="?", help="folder holding source.h5 and target.h5")
     p.add_argument("--source", help="source domain file (instead of DATA)")
     p.add_argument("--target", help="target domain file (instead of DATA)")
     p.add_argument("--out", required=True, help="run folder for results.json and predictions.npz")
-    p.add_argument("--name", help="data-set name in results.json (default: the simulator preset, "
-                   "else the data folder's name); must match the training runs' data name")
+    p.add_argument(
+        "--name",
+        help="data-set name in results.json (default: the simulator preset, "
+        "else the data folder's name); must match the training runs' data name",
+    )
     p.add_argument("--split-seed", type=int, default=0, help="the DataModule's split_seed")
-    p.add_argument("--split-fractions", type=float, nargs=3, default=(0.7, 0.1, 0.2),
-                   metavar=("TRAIN", "VAL", "TEST"), help="the DataModule's split_fractions")
-    p.add_argument("--band", type=int, default=-1, help="channel to measure (default: the last, "
-                   "F160W in the simulator's order)")
+    p.add_argument(
+        "--split-fractions",
+        type=float,
+        nargs=3,
+        default=(0.7, 0.1, 0.2),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="the DataModule's split_fractions",
+    )
+    p.add_argument(
+        "--band",
+        type=int,
+        default=-1,
+        help="channel to measure (default: the last, F160W in the simulator's order)",
+    )
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes")
-    p.add_argument("--cache-dir", help="where the .npz measurement cache goes (default: beside "
-                   "the data, else outputs/cache/classical)")
+    p.add_argument(
+        "--cache-dir",
+        help="where the .npz measurement cache goes (default: beside "
+        "the data, else outputs/cache/classical)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -404,10 +458,18 @@ def main(argv: list[str] | None = None) -> int:
         src, tgt = resolve_domain_paths(args.data, args.source, args.target)
         if args.jobs < 1:
             raise GaldaError(f"--jobs {args.jobs}: give a positive number of processes")
-        result = run_classical(src, tgt, args.out, name=args.name, split_seed=args.split_seed,
-                               split_fractions=args.split_fractions, band=args.band,
-                               n_jobs=args.jobs, cache_dir=args.cache_dir,
-                               progress=not args.no_progress)
+        result = run_classical(
+            src,
+            tgt,
+            args.out,
+            name=args.name,
+            split_seed=args.split_seed,
+            split_fractions=args.split_fractions,
+            band=args.band,
+            n_jobs=args.jobs,
+            cache_dir=args.cache_dir,
+            progress=not args.no_progress,
+        )
     except GaldaError as err:
         print(f"galda.classical: error: {err}", file=sys.stderr)
         return 2
@@ -417,8 +479,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for d in ("source", "target"):
         if f"test/{d}/acc" in result:
-            print(f"{d}: test accuracy {result[f'test/{d}/acc']:.3f}, AUROC "
-                  f"{result[f'test/{d}/auroc']:.3f}, measured {result['measured_fraction'][d]:.3f}")
+            print(
+                f"{d}: test accuracy {result[f'test/{d}/acc']:.3f}, AUROC "
+                f"{result[f'test/{d}/auroc']:.3f}, measured {result['measured_fraction'][d]:.3f}"
+            )
     print(f"wrote {Path(args.out) / res.RESULTS_FILE}")
     return 0
 

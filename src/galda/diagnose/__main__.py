@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m galda.diagnose",
         description="Domain-shift diagnostics: DATA folder (before training) or RUN folders "
-                    "(after training).",
+        "(after training).",
     )
     p.add_argument("paths", nargs="*", help="a DATA folder (source.h5 + target.h5) or RUN folders")
     p.add_argument("--source", help="source domain file (instead of a DATA folder)")
@@ -29,14 +29,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for the figure and JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of subsamples and permutations")
     p.add_argument("--permutations", type=int, default=1000, help="MMD permutations (data mode)")
-    p.add_argument("--max-per-group", type=int, default=1000,
-                   help="images per group in the MMD test / domain classifier (data mode)")
-    p.add_argument("--projection", choices=("umap", "tsne"), default="umap",
-                   help="2-D projection of the features (run mode)")
-    p.add_argument("--saliency-examples", type=int, default=2,
-                   help="mergers and non-mergers per domain in the saliency figure (run mode)")
-    p.add_argument("--data-dir", help="where the runs' data sets live (run mode; default: the "
-                   "runs' own paths.data_dir, then <repo>/data)")
+    p.add_argument(
+        "--max-per-group",
+        type=int,
+        default=1000,
+        help="images per group in the MMD test / domain classifier (data mode)",
+    )
+    p.add_argument(
+        "--projection",
+        choices=("umap", "tsne"),
+        default="umap",
+        help="2-D projection of the features (run mode)",
+    )
+    p.add_argument(
+        "--saliency-examples",
+        type=int,
+        default=2,
+        help="mergers and non-mergers per domain in the saliency figure (run mode)",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="where the runs' data sets live (run mode; default: the "
+        "runs' own paths.data_dir, then <repo>/data)",
+    )
     p.add_argument("--device", default="cpu", help="torch device for the features (run mode)")
     return p
 
@@ -55,27 +70,44 @@ def main(argv: list[str] | None = None) -> int:
                 raise GaldaError("--source/--target are for data mode; RUN folders take neither")
             from galda.diagnose.runs import diagnose_runs
 
-            result = diagnose_runs(paths, args.out, seed=args.seed, projection=args.projection,
-                                   n_examples=args.saliency_examples, data_dir=args.data_dir,
-                                   device=args.device)
+            result = diagnose_runs(
+                paths,
+                args.out,
+                seed=args.seed,
+                projection=args.projection,
+                n_examples=args.saliency_examples,
+                data_dir=args.data_dir,
+                device=args.device,
+            )
             for name, r in result["runs"].items():
-                print(f"{name}: domain-classifier accuracy on features "
-                      f"{r['domain_classifier']['heldout_accuracy']:.3f}")
+                print(
+                    f"{name}: domain-classifier accuracy on features "
+                    f"{r['domain_classifier']['heldout_accuracy']:.3f}"
+                )
         else:
             if len(paths) > 1:
                 bad = next(p for p in paths if not _is_run(p))
-                raise GaldaError(f"{bad}: no results.json; give one DATA folder or only RUN folders")
+                raise GaldaError(
+                    f"{bad}: no results.json; give one DATA folder or only RUN folders"
+                )
             from galda.diagnose.data import diagnose_data, resolve_domain_paths
 
             src, tgt = resolve_domain_paths(paths[0] if paths else None, args.source, args.target)
-            result = diagnose_data(src, tgt, args.out, seed=args.seed,
-                                   n_permutations=args.permutations,
-                                   max_per_group=args.max_per_group)
+            result = diagnose_data(
+                src,
+                tgt,
+                args.out,
+                seed=args.seed,
+                n_permutations=args.permutations,
+                max_per_group=args.max_per_group,
+            )
             for name, t in result["tests"].items():
-                print(f"{name}: MMD² = {t['mmd']['mmd2_unbiased']:.4g}, "
-                      f"p = {t['mmd']['p_value']:.4g}; domain-classifier accuracy "
-                      f"{t['proxy_a_distance']['heldout_accuracy']:.3f} "
-                      f"(A-distance {t['proxy_a_distance']['a_distance']:.2f})")
+                print(
+                    f"{name}: MMD² = {t['mmd']['mmd2_unbiased']:.4g}, "
+                    f"p = {t['mmd']['p_value']:.4g}; domain-classifier accuracy "
+                    f"{t['proxy_a_distance']['heldout_accuracy']:.3f} "
+                    f"(A-distance {t['proxy_a_distance']['a_distance']:.2f})"
+                )
         print(f"wrote {Path(args.out)}")
         return 0
     except GaldaError as err:

@@ -33,18 +33,23 @@ FIGURE_NAME = "data_diagnostics"
 def resolve_domain_paths(
     data: str | Path | None, source: str | Path | None = None, target: str | Path | None = None
 ) -> tuple[Path, Path]:
-    """``DATA`` (a folder with source.h5 and target.h5) or explicit ``--source``/``--target`` files."""
+    """``DATA`` (a folder with source.h5 and target.h5) or ``--source``/``--target`` files."""
     if source is not None or target is not None:
         if source is None or target is None:
-            raise GaldaError("give both --source and --target (or a DATA folder holding both files)")
+            raise GaldaError(
+                "give both --source and --target (or a DATA folder holding both files)"
+            )
         return Path(source), Path(target)
     if data is None:
-        raise GaldaError("give a DATA folder with source.h5 and target.h5, or --source and --target")
+        raise GaldaError(
+            "give a DATA folder with source.h5 and target.h5, or --source and --target"
+        )
     folder = Path(data)
     for name in ("source.h5", "target.h5"):
         if not (folder / name).is_file():
             raise GaldaError(
-                f"{folder / name}: not found; DATA must be a folder holding source.h5 and target.h5 "
+                f"{folder / name}: not found; DATA must be a folder holding source.h5 and "
+                "target.h5 "
                 "(or pass --source FILE --target FILE)"
             )
     return folder / "source.h5", folder / "target.h5"
@@ -114,16 +119,19 @@ def diagnose_data(
             entry[d] = {
                 "noise_mad_std": float(np.median(noise[d]["mad_std"][:, b])),
                 "noise_clipped_std": float(np.median(noise[d]["clipped_std"][:, b])),
-                "noise_header": (float(header[b]) if isinstance(header, list) and len(header) > b
-                                 else None),
+                "noise_header": (
+                    float(header[b]) if isinstance(header, list) and len(header) > b else None
+                ),
                 "pixel_std": float(sub[d][:, b].std()),
                 "pixel_quantiles": _quantiles(sub[d][:, b].ravel()),
                 "flux_quantiles": _quantiles(flux[d][:, b]),
                 "flux_nonpositive_fraction": float(np.mean(flux[d][:, b] <= 0)),
             }
         k, ps = spectra["source"][0], {d: spectra[d][1][b] for d in DOMAINS}
-        entry["power_spectrum"] = {"k_cycles_per_pixel": k.tolist(),
-                                   **{d: ps[d].tolist() for d in DOMAINS}}
+        entry["power_spectrum"] = {
+            "k_cycles_per_pixel": k.tolist(),
+            **{d: ps[d].tolist() for d in DOMAINS},
+        }
         per_band[band] = entry
 
     # Two-sample tests on disjoint galaxies: source from one half of the galaxies, target from the
@@ -148,8 +156,13 @@ def diagnose_data(
         )
         tests[name] = {"mmd": mmd.as_dict(), "proxy_a_distance": a_dist}
         nulls[name] = mmd.null
-        log.info("%s: MMD² = %.4g, p = %.4g; A-distance %.3f", name, mmd.mmd2, mmd.p_value,
-                 a_dist["a_distance"])
+        log.info(
+            "%s: MMD² = %.4g, p = %.4g; A-distance %.3f",
+            name,
+            mmd.mmd2,
+            mmd.p_value,
+            a_dist["a_distance"],
+        )
 
     result = {
         "source": str(source_path),
@@ -160,7 +173,7 @@ def diagnose_data(
         "seed": seed,
         "embedding": {
             "description": f"asinh(x / s_b) per band, then {factor}x{factor} block means "
-                           "(centre crop to a multiple); s_b = per-band asinh_scale",
+            "(centre crop to a multiple); s_b = per-band asinh_scale",
             "dimension": int(emb["source"].shape[1]),
             "kernel": "Gaussian, sigma = median pairwise distance of the pooled sample",
         },
@@ -199,8 +212,15 @@ def _figure(
         hi = max(v.max() for v in stretched.values())
         edges = np.linspace(lo, hi, 81)
         for d in DOMAINS:
-            ax.hist(stretched[d], bins=edges, histtype="step", color=COLOURS[d], label=d,
-                    density=True, log=True)
+            ax.hist(
+                stretched[d],
+                bins=edges,
+                histtype="step",
+                color=COLOURS[d],
+                label=d,
+                density=True,
+                log=True,
+            )
         ax.set_title(f"{band}: pixel values")
         ax.set_xlabel(f"asinh(pixel / {s:.3g})")
         ax.legend(fontsize=8)
@@ -209,20 +229,26 @@ def _figure(
         positive = {d: flux[d][:, b][flux[d][:, b] > 0] for d in DOMAINS}
         logflux = {d: np.log10(v) for d, v in positive.items() if len(v)}
         if logflux:
-            edges = np.linspace(min(np.percentile(v, 0.5) for v in logflux.values()),
-                                max(v.max() for v in logflux.values()), 41)
+            edges = np.linspace(
+                min(np.percentile(v, 0.5) for v in logflux.values()),
+                max(v.max() for v in logflux.values()),
+                41,
+            )
             for d, v in logflux.items():
                 ax.hist(v, bins=edges, histtype="step", color=COLOURS[d], label=d)
-        nonpos = ", ".join(f"{d} {100 * result['per_band'][band][d]['flux_nonpositive_fraction']:.1f}%"
-                           for d in DOMAINS)
+        nonpos = ", ".join(
+            f"{d} {100 * result['per_band'][band][d]['flux_nonpositive_fraction']:.1f}%"
+            for d in DOMAINS
+        )
         ax.set_title(f"{band}: stamp flux (sum)")
         ax.set_xlabel(f"log10 flux [file units]  (≤ 0: {nonpos})", fontsize=8)
 
         ax = axes[2, b]
         ps = result["per_band"][band]["power_spectrum"]
         for d in DOMAINS:
-            ax.loglog(ps["k_cycles_per_pixel"], np.clip(ps[d], 1e-30, None), color=COLOURS[d],
-                      label=d)
+            ax.loglog(
+                ps["k_cycles_per_pixel"], np.clip(ps[d], 1e-30, None), color=COLOURS[d], label=d
+            )
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"{band}: radial power spectrum")
         ax.set_xlabel("k [cycles / pixel]")
@@ -235,8 +261,15 @@ def _figure(
         ax.bar(x + (i - 0.5) * 0.38, vals, width=0.38, color=COLOURS[d], label=f"{d} (border MAD)")
         header = [result["per_band"][band][d]["noise_header"] for band in bands]
         if all(h is not None for h in header):
-            ax.scatter(x + (i - 0.5) * 0.38, header, marker="_", s=300, color="k",
-                       label="file header" if i == 0 else None, zorder=3)
+            ax.scatter(
+                x + (i - 0.5) * 0.38,
+                header,
+                marker="_",
+                s=300,
+                color="k",
+                label="file header" if i == 0 else None,
+                zorder=3,
+            )
     ax.set_xticks(x, bands)
     ax.set_title("noise per band")
     ax.set_ylabel("σ [file units / pixel]")
@@ -245,8 +278,7 @@ def _figure(
     ax = axes[3, 1]
     for name, colour in zip(nulls, ("tab:red", "tab:blue", "tab:orange")):
         t = result["tests"][name]["mmd"]
-        ax.hist(nulls[name], bins=40, histtype="step", color=colour,
-                label=name.replace("_", " "))
+        ax.hist(nulls[name], bins=40, histtype="step", color=colour, label=name.replace("_", " "))
         ax.axvline(t["mmd2_unbiased"], color=colour, ls="--")
     ax.set_xscale("symlog", linthresh=1e-4)
     ax.set_title("MMD²: permutation nulls, observed dashed")
@@ -257,13 +289,18 @@ def _figure(
     lines = ["Two-sample tests (disjoint galaxies)", ""]
     for name, t in result["tests"].items():
         lines.append(f"{name}:")
-        lines.append(f"  MMD² = {t['mmd']['mmd2_unbiased']:.3g},  p = {t['mmd']['p_value']:.3g}"
-                     f"  (n = {t['mmd']['n_x']}+{t['mmd']['n_y']})")
+        lines.append(
+            f"  MMD² = {t['mmd']['mmd2_unbiased']:.3g},  p = {t['mmd']['p_value']:.3g}"
+            f"  (n = {t['mmd']['n_x']}+{t['mmd']['n_y']})"
+        )
         a = t["proxy_a_distance"]
-        lines.append(f"  domain clf acc = {a['heldout_accuracy']:.3f},  d_A = {a['a_distance']:.2f}")
+        lines.append(
+            f"  domain clf acc = {a['heldout_accuracy']:.3f},  d_A = {a['a_distance']:.2f}"
+        )
     lines += ["", f"embedding: {result['embedding']['dimension']}-d asinh block means"]
-    ax.text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=8,
-            transform=ax.transAxes)
+    ax.text(
+        0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=8, transform=ax.transAxes
+    )
     for extra in axes[:3, nb:].ravel():
         extra.axis("off")
     fig.suptitle(f"Domain shift: {result['source']}  vs  {result['target']}", fontsize=10)

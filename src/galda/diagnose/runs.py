@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from galda.data.datamodule import split_galaxies
-from galda.data.h5format import DataFormatError, read_domain
 from galda.diagnose.stats import galaxy_halves
 from galda.errors import GaldaError
 from galda.results import (
@@ -56,15 +55,20 @@ def _checkpoint_path(run_dir: Path, results: dict[str, Any]) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise GaldaError(f"{run_dir}: no checkpoint found (looked for {recorded or 'checkpoints/*.ckpt'}); "
-                     "give a run folder that holds its checkpoints/")
+    looked = recorded or "checkpoints/*.ckpt"
+    raise GaldaError(
+        f"{run_dir}: no checkpoint found (looked for {looked}); "
+        "give a run folder that holds its checkpoints/"
+    )
 
 
 def _run_config(run_dir: Path, results: dict[str, Any]) -> DictConfig:
     """The run's config: its ``.hydra/config.yaml``, else recomposed from its overrides."""
     saved = run_dir / ".hydra" / "config.yaml"
     if saved.is_file():
-        return OmegaConf.load(saved)
+        loaded = OmegaConf.load(saved)
+        assert isinstance(loaded, DictConfig)
+        return loaded
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -82,32 +86,40 @@ def _run_config(run_dir: Path, results: dict[str, Any]) -> DictConfig:
 def load_run_model(
     run_dir: str | Path, data_dir: str | Path | None = None
 ) -> tuple[torch.nn.Module, DictConfig, dict[str, Any]]:
-    """Rebuild a run's LightningModule from its config and checkpoint (eval mode, on CPU).
+    """Restore a run's LightningModule from its checkpoint (eval mode, on CPU).
 
-    The one place that knows how a trained model is restored: to be replaced by
-    ``galda.load_model`` / ``Cls.load_from_checkpoint(path)`` once checkpoints carry the network
-    config and the normalisation. Returns ``(module, cfg, results)``; ``cfg.paths.data_dir`` is set
-    to ``data_dir`` when given.
+    The one place that knows how a trained model is restored. Checkpoints that carry their network
+    config (``hyper_parameters["net"]``) load with ``Cls.load_from_checkpoint(path)`` alone; older
+    ones are rebuilt from the run's config and their state dict. Returns ``(module, cfg,
+    results)``; ``cfg.paths.data_dir`` is set to ``data_dir`` when given.
     """
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
 
     run_dir = Path(run_dir)
     results = read_results(run_dir)
     if results.get("status") != "complete":
-        raise GaldaError(f"{run_dir / 'results.json'}: status is {results.get('status')!r}, not "
-                         "'complete'; diagnose finished runs only")
+        raise GaldaError(
+            f"{run_dir / 'results.json'}: status is {results.get('status')!r}, not "
+            "'complete'; diagnose finished runs only"
+        )
     cfg = _run_config(run_dir, results)
     if data_dir is not None:
         OmegaConf.update(cfg, "paths.data_dir", str(data_dir), force_add=True)
-    module = instantiate(cfg.method.module, net=instantiate(cfg.model.net))
     ckpt_path = _checkpoint_path(run_dir, results)
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
-    if missing:
-        raise GaldaError(f"{ckpt_path}: checkpoint lacks {len(missing)} weights of the configured "
-                         f"model (first: {missing[0]}); is it from this run?")
-    if unexpected:
-        log.warning("%s: ignoring %d unexpected weights", ckpt_path, len(unexpected))
+    cls: Any = get_class(cfg.method.module._target_)
+    if isinstance(checkpoint.get("hyper_parameters", {}).get("net"), dict):
+        module = cls.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=False)
+    else:
+        module = instantiate(cfg.method.module, net=instantiate(cfg.model.net))
+        missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+        if missing:
+            raise GaldaError(
+                f"{ckpt_path}: checkpoint lacks {len(missing)} weights of the "
+                f"configured model (first: {missing[0]}); is it from this run?"
+            )
+        if unexpected:
+            log.warning("%s: ignoring %d unexpected weights", ckpt_path, len(unexpected))
     module.eval()
     results = {**results, "checkpoint_used": str(ckpt_path)}
     return module, cfg, results
@@ -127,39 +139,36 @@ def test_sets(cfg: DictConfig, run_dir: Path) -> dict[str, TestSet]:
     """The run's DataModule test splits (same files, split and normalisation as in training)."""
     from hydra.utils import instantiate
 
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    from galda.provision import datamodule_config
+
+    data_cfg = OmegaConf.to_container(datamodule_config(cfg.data), resolve=True)
     assert isinstance(data_cfg, dict)
     for domain in DOMAINS:
         path = Path(data_cfg[f"{domain}_path"])
         if not path.is_file():
-            raise GaldaError(f"{path}: data file of run {run_dir} not found; pass --data-dir (the "
-                             "folder holding simulated/<preset>-seed<seed>/ or the run's data)")
-    data_cfg.update(on_device=False, num_workers=0, simulate=None, channels_last=False)
+            raise GaldaError(
+                f"{path}: data file of run {run_dir} not found; pass --data-dir (the "
+                "folder holding simulated/<preset>-seed<seed>/ or the run's data)"
+            )
+    data_cfg.update(on_device=False, num_workers=0, channels_last=False)
     dm = instantiate(data_cfg, _convert_="all")
     dm.setup("test")
-    ids = {}
-    for domain in DOMAINS:
-        try:
-            ids[domain] = read_domain(dm.paths[domain], load_images=False).galaxy_id
-        except DataFormatError as err:
-            raise GaldaError(str(err)) from err
-    split = split_galaxies(np.concatenate([ids[d] for d in DOMAINS]), dm.split_fractions,
-                           dm.split_seed)
     out = {}
     for domain in DOMAINS:
         ds = dm.datasets[domain]["test"]
-        rows = np.flatnonzero(np.isin(ids[domain], split["test"]))
-        assert len(rows) == len(ds), "test split differs from the DataModule's"
+        rows = ds.rows.numpy()
         labels = ds.labels.numpy() if ds.labels is not None else None
-        out[domain] = TestSet(ds.images, labels, ids[domain][rows], rows)
+        out[domain] = TestSet(ds.images, labels, dm.galaxy_ids[domain][rows], rows)
     return out
 
 
 @torch.no_grad()
-def features_and_probs(module: torch.nn.Module, images: torch.Tensor, batch: int = 256,
-                       device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def features_and_probs(
+    module: torch.nn.Module, images: torch.Tensor, batch: int = 256, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Feature-layer activations (N, D) and P(merger) (N,) of the run's network."""
-    net = module.net.to(device)
+    net: Any = module.net
+    net = net.to(device)
     feats, probs = [], []
     for start in range(0, len(images), batch):
         f, logits = net(images[start : start + batch].to(device))
@@ -168,8 +177,9 @@ def features_and_probs(module: torch.nn.Module, images: torch.Tensor, batch: int
     return torch.cat(feats).numpy(), torch.cat(probs).numpy()
 
 
-def domain_classifier(features: dict[str, np.ndarray], galaxy_id: dict[str, np.ndarray],
-                      seed: int = 0) -> dict[str, Any]:
+def domain_classifier(
+    features: dict[str, np.ndarray], galaxy_id: dict[str, np.ndarray], seed: int = 0
+) -> dict[str, Any]:
     """Held-out accuracy of a logistic regression telling source from target features.
 
     Trained on one half of the galaxies (both domains), scored on the other half, so the paired
@@ -186,9 +196,13 @@ def domain_classifier(features: dict[str, np.ndarray], galaxy_id: dict[str, np.n
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=3000))
     clf.fit(x[train], y[train])
     acc = float(np.mean(clf.predict(x[test]) == y[test]))
-    return {"heldout_accuracy": acc, "proxy_a_distance": float(np.clip(2 * (2 * acc - 1), 0, 2)),
-            "n_train": len(train), "n_test": len(test),
-            "classifier": "logistic regression (standardised features, C=1), split by galaxy"}
+    return {
+        "heldout_accuracy": acc,
+        "proxy_a_distance": float(np.clip(2 * (2 * acc - 1), 0, 2)),
+        "n_train": len(train),
+        "n_test": len(test),
+        "classifier": "logistic regression (standardised features, C=1), split by galaxy",
+    }
 
 
 def project(features: np.ndarray, method: str = "umap", seed: int = 0) -> np.ndarray:
@@ -203,8 +217,9 @@ def project(features: np.ndarray, method: str = "umap", seed: int = 0) -> np.nda
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30.0, (len(x) - 1) / 3))
-        return TSNE(n_components=2, init="pca", perplexity=perplexity,
-                    random_state=seed).fit_transform(x)
+        return TSNE(
+            n_components=2, init="pca", perplexity=perplexity, random_state=seed
+        ).fit_transform(x)
     raise GaldaError(f"--projection {method}: choose umap or tsne")
 
 
@@ -216,7 +231,7 @@ def pick_examples(sets: dict[str, TestSet], n: int, seed: int) -> dict[str, list
     rng = np.random.default_rng(seed)
     src = sets["source"]
     assert src.labels is not None
-    chosen = {"source": []}
+    chosen: dict[str, list[int]] = {"source": []}
     for cls in (1, 0):
         pool = np.flatnonzero(src.labels == cls)
         chosen["source"] += sorted(rng.choice(pool, size=min(n, len(pool)), replace=False).tolist())
@@ -226,10 +241,14 @@ def pick_examples(sets: dict[str, TestSet], n: int, seed: int) -> dict[str, list
     else:
         chosen["target"] = []
         for cls in (1, 0):
-            pool = (np.flatnonzero(tgt.labels == cls) if tgt.labels is not None
-                    else np.arange(len(tgt.rows)))
-            chosen["target"] += sorted(rng.choice(pool, size=min(n, len(pool)),
-                                                  replace=False).tolist())
+            pool = (
+                np.flatnonzero(tgt.labels == cls)
+                if tgt.labels is not None
+                else np.arange(len(tgt.rows))
+            )
+            chosen["target"] += sorted(
+                rng.choice(pool, size=min(n, len(pool)), replace=False).tolist()
+            )
     return chosen
 
 
@@ -241,16 +260,26 @@ def saliency(module: torch.nn.Module, images: torch.Tensor, n_steps: int = 32) -
     """
     from captum.attr import IntegratedGradients
 
-    net = module.net.cpu().eval()
+    net: Any = module.net
+    net = net.cpu().eval()
 
     def merger_logit(x: torch.Tensor) -> torch.Tensor:
         return net(x)[1]
 
     ig = IntegratedGradients(merger_logit)
     x = images.clone().float().requires_grad_(True)
-    attr = ig.attribute(x, baselines=torch.zeros_like(x), target=1, n_steps=n_steps,
-                        internal_batch_size=64)
+    attr = ig.attribute(
+        x, baselines=torch.zeros_like(x), target=1, n_steps=n_steps, internal_batch_size=64
+    )
     return attr.detach().abs().sum(1).numpy()
+
+
+def _label_at(labels: np.ndarray | None, i: int) -> int | None:
+    return None if labels is None else int(labels[i])
+
+
+def _labels_at(labels: np.ndarray | None, idx: list[int]) -> np.ndarray | None:
+    return None if labels is None else labels[idx]
 
 
 def _label(results: dict[str, Any], names: list[str]) -> str:
@@ -259,7 +288,7 @@ def _label(results: dict[str, Any], names: list[str]) -> str:
 
 
 def diagnose_runs(
-    run_dirs: list[str | Path],
+    run_dirs: Sequence[str | Path],
     out: str | Path,
     seed: int = 0,
     projection: str = "umap",
@@ -294,28 +323,46 @@ def diagnose_runs(
             "test_accuracy_recorded": {d: results.get(f"test/{d}/acc") for d in DOMAINS},
             "test_accuracy_recomputed": {
                 d: float(np.mean((probs[d] > 0.5) == sets[d].labels))
-                for d in DOMAINS if sets[d].labels is not None
+                for d in DOMAINS
+                if sets[d].labels is not None
             },
             "domain_classifier": clf,
             "saliency_examples": {
-                d: [{"row": int(sets[d].rows[i]), "label": int(sets[d].labels[i])
-                     if sets[d].labels is not None else None, "p_merger": float(probs[d][i])}
-                    for i in examples[d]]
+                d: [
+                    {
+                        "row": int(sets[d].rows[i]),
+                        "label": _label_at(sets[d].labels, i),
+                        "p_merger": float(probs[d][i]),
+                    }
+                    for i in examples[d]
+                ]
                 for d in DOMAINS
             },
         }
-        panels.append({"name": name, "xy": xy, "n_source": len(feats["source"]),
-                       "labels": {d: sets[d].labels for d in DOMAINS}, "clf": clf,
-                       "results": results, "images": {d: sets[d].images[examples[d]].numpy()
-                                                      for d in DOMAINS},
-                       "maps": maps, "examples": examples, "probs": probs,
-                       "example_labels": {d: sets[d].labels[examples[d]]
-                                          if sets[d].labels is not None else None
-                                          for d in DOMAINS}})
-        log.info("%s: domain-classifier accuracy on test features %.3f", name,
-                 clf["heldout_accuracy"])
-    summary = {"projection": projection, "seed": seed, "runs": per_run,
-               "wall_time_s": round(time.time() - started, 2)}
+        panels.append(
+            {
+                "name": name,
+                "xy": xy,
+                "n_source": len(feats["source"]),
+                "labels": {d: sets[d].labels for d in DOMAINS},
+                "clf": clf,
+                "results": results,
+                "images": {d: sets[d].images[examples[d]].numpy() for d in DOMAINS},
+                "maps": maps,
+                "examples": examples,
+                "probs": probs,
+                "example_labels": {d: _labels_at(sets[d].labels, examples[d]) for d in DOMAINS},
+            }
+        )
+        log.info(
+            "%s: domain-classifier accuracy on test features %.3f", name, clf["heldout_accuracy"]
+        )
+    summary = {
+        "projection": projection,
+        "seed": seed,
+        "runs": per_run,
+        "wall_time_s": round(time.time() - started, 2),
+    }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / JSON_NAME, json.dumps(_jsonable(summary), indent=2) + "\n")
     _latent_figure(panels, projection, out)
@@ -350,12 +397,16 @@ def _latent_figure(panels: list[dict[str, Any]], projection: str, out: Path) -> 
         parts = {"source": xy[:ns], "target": xy[ns:]}
         ax = axes[0, j]
         for d, colour in zip(DOMAINS, ("tab:blue", "tab:orange")):
-            ax.scatter(parts[d][:, 0], parts[d][:, 1], s=4, alpha=0.5, c=colour, label=d,
-                       rasterized=True)
+            ax.scatter(
+                parts[d][:, 0], parts[d][:, 1], s=4, alpha=0.5, c=colour, label=d, rasterized=True
+            )
         res = p["results"]
         acc_t = res.get("test/target/acc")
-        ax.set_title(f"{p['name']}\ndomain clf acc {p['clf']['heldout_accuracy']:.2f}"
-                     + (f", target acc {acc_t:.2f}" if acc_t is not None else ""), fontsize=9)
+        ax.set_title(
+            f"{p['name']}\ndomain clf acc {p['clf']['heldout_accuracy']:.2f}"
+            + (f", target acc {acc_t:.2f}" if acc_t is not None else ""),
+            fontsize=9,
+        )
         ax.legend(markerscale=3, fontsize=8)
         ax = axes[1, j]
         for d, marker in zip(DOMAINS, ("o", "^")):
@@ -364,8 +415,16 @@ def _latent_figure(panels: list[dict[str, Any]], projection: str, out: Path) -> 
                 continue
             for cls, colour, name in ((0, "tab:green", "non-merger"), (1, "tab:purple", "merger")):
                 sel = labels == cls
-                ax.scatter(parts[d][sel, 0], parts[d][sel, 1], s=4, alpha=0.5, c=colour,
-                           marker=marker, label=f"{d} {name}", rasterized=True)
+                ax.scatter(
+                    parts[d][sel, 0],
+                    parts[d][sel, 1],
+                    s=4,
+                    alpha=0.5,
+                    c=colour,
+                    marker=marker,
+                    label=f"{d} {name}",
+                    rasterized=True,
+                )
         ax.set_title("coloured by class (o source, ^ target)", fontsize=9)
         ax.legend(markerscale=3, fontsize=7)
         for ax in axes[:, j]:
@@ -387,8 +446,9 @@ def _saliency_figure(panels: list[dict[str, Any]], out: Path) -> None:
     first = panels[0]
     columns = [(d, i) for d in DOMAINS for i in range(len(first["examples"][d]))]
     n_rows = 1 + len(panels)
-    fig, axes = plt.subplots(n_rows, len(columns), figsize=(1.6 * len(columns), 1.75 * n_rows),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, len(columns), figsize=(1.6 * len(columns), 1.75 * n_rows), squeeze=False
+    )
     for c, (d, i) in enumerate(columns):
         image = first["images"][d][i][-1]  # the reddest band (normalised)
         axes[0, c].imshow(np.arcsinh(image - np.median(image)), cmap="gray", origin="lower")
@@ -397,8 +457,13 @@ def _saliency_figure(panels: list[dict[str, Any]], out: Path) -> None:
         axes[0, c].set_title(f"{d}\n{kind}", fontsize=7)
         for r, p in enumerate(panels, start=1):
             m = p["maps"][d][i]
-            axes[r, c].imshow(m / max(np.percentile(m, 99.5), 1e-12), cmap="inferno",
-                              vmin=0, vmax=1, origin="lower")
+            axes[r, c].imshow(
+                m / max(np.percentile(m, 99.5), 1e-12),
+                cmap="inferno",
+                vmin=0,
+                vmax=1,
+                origin="lower",
+            )
             prob = p["probs"][d][p["examples"][d][i]]
             axes[r, c].set_title(f"p(merger) {prob:.2f}", fontsize=7)
             if c == 0:
@@ -407,8 +472,9 @@ def _saliency_figure(panels: list[dict[str, Any]], out: Path) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0, 0].set_ylabel("last band", fontsize=8)
-    fig.suptitle("Integrated gradients of the merger logit (|attribution| summed over bands)",
-                 fontsize=9)
+    fig.suptitle(
+        "Integrated gradients of the merger logit (|attribution| summed over bands)", fontsize=9
+    )
     fig.tight_layout()
     save_small_png(fig, out / "saliency.png", dpi=75, colours=128)
     atomic_savefig(fig, out / "saliency.pdf")

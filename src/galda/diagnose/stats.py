@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,7 @@ def asinh_scales(images: np.ndarray, width: int = 4) -> np.ndarray:
 
 
 def pixel_embedding(images: np.ndarray, scales: np.ndarray, factor: int = 5) -> np.ndarray:
-    """A fixed pixel-space embedding: asinh(x / s_b) per band, then ``factor``×``factor`` block means.
+    """A fixed pixel-space embedding: asinh(x / s_b) per band, then ``factor``² block means.
 
     The stamp is centre-cropped to a multiple of ``factor``. ``scales`` must be the same for every
     sample compared (see :func:`asinh_scales`), so the embedding is one fixed function of a stamp.
@@ -114,7 +115,7 @@ def _sq_distances(z: np.ndarray) -> np.ndarray:
 
 
 def median_bandwidth(d2: np.ndarray) -> float:
-    """Median heuristic: σ = median of the pairwise distances ‖z_i − z_j‖ (i < j) of the pooled sample."""
+    """Median heuristic: σ = median pairwise distance ‖z_i − z_j‖ (i < j) of the pooled sample."""
     iu = np.triu_indices(d2.shape[0], k=1)
     med = float(np.median(np.sqrt(d2[iu])))
     return med if med > 0 else 1.0
@@ -145,7 +146,9 @@ class MMDTest:
         }
 
 
-def _unbiased_mmd2(kernel: np.ndarray, members: np.ndarray, n: int, m: int, total: float) -> np.ndarray:
+def _unbiased_mmd2(
+    kernel: np.ndarray, members: np.ndarray, n: int, m: int, total: float
+) -> np.ndarray:
     """MMD²_u (Gretton et al. 2012, Eq. 3) for each 0/1 membership row of ``members`` (P, N).
 
     With a ∈ {0,1}ᴺ marking X and b = 1 − a: Σ_{i≠j∈X} k = aᵀKa − n (k(x, x) = 1 for a Gaussian),
@@ -208,7 +211,7 @@ def proxy_a_distance(
     groups_x: np.ndarray | None = None,
     groups_y: np.ndarray | None = None,
     seed: int = 0,
-) -> dict[str, float | int]:
+) -> dict[str, Any]:
     """Proxy A-distance d_A = 2 (1 − 2ε) of a logistic-regression domain classifier.
 
     ε is the classifier's error on a held-out half (split by ``groups`` — galaxy ids — when given,
