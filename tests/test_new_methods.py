@@ -234,3 +234,30 @@ def test_pseudo_label_loss_balances_classes_and_is_zero_without_confident_sample
     unsure = torch.zeros(4, 2, requires_grad=True)
     loss, mask, _ = confident_pseudo_label_loss(unsure, threshold=0.9)
     assert loss.item() == 0.0 and not mask.any() and loss.requires_grad
+
+
+# ----------------------------------------------------------------------------------- report
+
+
+def test_table1_and_figure1_take_any_set_of_methods(tmp_path, monkeypatch):
+    from galda.report import build_report
+    from galda.report.collect import method_label
+    from galda.report.figures import COLORS, method_color
+    from tests import test_report
+
+    methods = ["selftrain", "zz_new", "mcc", "baseline", "cdan", "coral", "dann"]
+    for method in methods:
+        monkeypatch.setitem(test_report.QUALITY, method, (1.1, 0.6))
+        for seed in (1, 2):
+            test_report.write_run(tmp_path / "runs", "small", "deepmerge", method, seed)
+    rep = build_report([tmp_path / "runs"], tmp_path / "out")
+    order = ["baseline", "dann", "coral", "cdan", "mcc", "selftrain", "zz_new"]
+    labels = [method_label(m, False) for m in order]
+    rows = [line.split("|")[1].strip() for line in rep["markdown"].splitlines()
+            if line.startswith("| ") and not line.startswith("| Method")]
+    assert rows == labels
+    assert (tmp_path / "out" / "figure1.png").stat().st_size > 0
+    # one colour per known method, stable for an unknown one whatever else is present
+    known = [method_color(m, False) for m in COLORS]
+    assert len(set(known)) == len(known)
+    assert method_color("zz_new", False) == method_color("zz_new", False) not in known
