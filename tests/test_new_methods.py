@@ -253,8 +253,11 @@ def test_table1_and_figure1_take_any_set_of_methods(tmp_path, monkeypatch):
     rep = build_report([tmp_path / "runs"], tmp_path / "out")
     order = ["baseline", "dann", "coral", "cdan", "mcc", "selftrain", "zz_new"]
     labels = [method_label(m, False) for m in order]
-    rows = [line.split("|")[1].strip() for line in rep["markdown"].splitlines()
-            if line.startswith("| ") and not line.startswith("| Method")]
+    rows = [
+        line.split("|")[1].strip()
+        for line in rep["markdown"].splitlines()
+        if line.startswith("| ") and not line.startswith("| Method")
+    ]
     assert rows == labels
     assert (tmp_path / "out" / "figure1.png").stat().st_size > 0
     # one colour per known method, stable for an unknown one whatever else is present
