@@ -102,7 +102,7 @@ def _reference_weighted_bce(d_s, d_t, w_s, w_t) -> float:
     total = 0.0
     for logits, weights, y in ((d_s, w_s, 1), (d_t, w_t, 0)):
         norm = sum(weights) / len(weights)
-        total += sum(w / norm * bce(z, y) for z, w in zip(logits, weights))
+        total += sum(w / norm * bce(z, y) for z, w in zip(logits, weights, strict=True))
     return total / (len(d_s) + len(d_t))
 
 
@@ -204,7 +204,7 @@ def _reference_pseudo_label_loss(logits: np.ndarray, threshold: float) -> tuple[
     p = _softmax_rows(logits)
     per_class: dict[int, list[float]] = {}
     mask = []
-    for i, row in enumerate(p):
+    for row in p:
         k = int(np.argmax(row))
         mask.append(bool(row[k] > threshold))
         if mask[-1]:
@@ -264,3 +264,92 @@ def test_table1_and_figure1_take_any_set_of_methods(tmp_path, monkeypatch):
     known = [method_color(m, False) for m in COLORS]
     assert len(set(known)) == len(known)
     assert method_color("zz_new", False) == method_color("zz_new", False) not in known
+
+
+# ------------------------------------------------------------------------- the method modules
+
+NEW_METHODS = ("cdan", "mcc", "coral", "selftrain")
+
+
+def _outputs(net, x):
+    from galda.methods.base import StepOutputs
+
+    features, logits = net(x)
+    return StepOutputs(features=features, logits=logits)
+
+
+def test_cdan_module_sends_the_domain_gradient_into_the_classifier_head():
+    """TinyNet's head only shapes the logits, so its gradient must come through g = softmax."""
+    from galda.methods import CDANClassifier
+    from galda.models import TinyNet
+
+    torch.manual_seed(0)
+    module = CDANClassifier(TinyNet(), schedule="constant", discriminator_hidden=16)
+    x = torch.randn(12, 3, 16, 16)
+    loss, logs = module.transfer_loss(_outputs(module.net, x[:6]), _outputs(module.net, x[6:] + 2))
+    loss.backward()
+    assert module.net.head.weight.grad.abs().sum() > 0
+    assert not module.conditional_map.randomized and module.conditional_map.output_dim == 64 * 2
+    assert set(logs) == {"train/domain_acc", "train/grl_coefficient"}
+
+
+@pytest.mark.parametrize(
+    ("model", "randomized", "width"), [("deepmerge", True, 1024), ("resnet18", False, 512)]
+)
+def test_cdan_uses_the_randomized_map_for_deepmerge_only(compose_cfg, model, randomized, width):
+    from galda.train import build_module
+
+    module = build_module(compose_cfg(f"model={model}", "method=cdan"))
+    assert module.conditional_map.randomized is randomized
+    assert module.discriminator.net[0].in_features == width
+
+
+def test_selftraining_waits_for_the_warmup():
+    from galda.methods import SelfTrainingClassifier
+    from galda.models import TinyNet
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 16, 16)
+    for warmup, active in ((0.5, False), (0.0, True)):
+        module = SelfTrainingClassifier(TinyNet(), threshold=0.0, warmup=warmup)
+        outputs = _outputs(module.net, x)
+        loss, logs = module.transfer_loss(outputs, outputs)
+        assert (loss.item() > 0) is active and logs["train/pseudo_active"].item() == float(active)
+        assert logs["train/pseudo_fraction"].item() == 1.0
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+@pytest.mark.parametrize("model", ["tiny", "deepmerge", "resnet18"])
+def test_new_method_runs_fast_dev_run(compose_cfg, sim_data_dir, model, method):
+    from galda.train import train
+
+    cfg = compose_cfg(
+        "data=tiny",
+        f"paths.data_dir={sim_data_dir}",
+        f"model={model}",
+        f"method={method}",
+        "trainer.fast_dev_run=true",
+        "logger=none",
+    )
+    results = train(cfg)
+    assert results["status"] == "smoke"
+    assert results["method"] == method and results["uses_target_labels"] is False
+    assert 0.0 <= results["test/target/acc"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "method=cdan method.module.schedule=bogus",
+        "method=mcc method.module.temperature=0",
+        "method=selftrain method.module.threshold=1.5",
+        "method=selftrain method.module.warmup=2",
+    ],
+)
+def test_bad_method_settings_are_user_errors(compose_cfg, override):
+    from galda.errors import GaldaError
+    from galda.train import build_module
+
+    key = override.split()[1].split("=")[0]
+    with pytest.raises(GaldaError, match=key.replace(".", r"\.")):
+        build_module(compose_cfg("model=tiny", *override.split()))

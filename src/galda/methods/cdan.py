@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -17,7 +18,7 @@ from galda.losses import (
     reversal_coefficient,
     weighted_domain_adversarial_loss,
 )
-from galda.methods.base import MergerClassifier, StepOutputs
+from galda.methods.base import MergerClassifier, OptimizerFactory, SchedulerFactory, StepOutputs
 from galda.models.discriminator import DomainDiscriminator
 
 
@@ -38,10 +39,12 @@ class CDANClassifier(MergerClassifier):
 
     def __init__(
         self,
-        net: nn.Module | dict[str, Any],
-        optimizer: Any = None,
-        scheduler: Any = None,
+        net: nn.Module | Mapping[str, Any],
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
         transfer_weight: float = 1.0,
+        fisher_weight: float = 0.0,
+        entropy_weight: float = 0.0,
         entropy_conditioning: bool = True,
         schedule: str = "ganin",
         gamma: float = 10.0,
@@ -52,7 +55,7 @@ class CDANClassifier(MergerClassifier):
         discriminator_dropout: float = 0.5,
         discriminator_lr_mult: float = 1.0,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, transfer_weight)
+        super().__init__(net, optimizer, scheduler, transfer_weight, fisher_weight, entropy_weight)
         if schedule not in REVERSAL_SCHEDULES:
             raise GaldaError(
                 f"method.module.schedule={schedule!r} is unknown; use one of {REVERSAL_SCHEDULES}"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from galda.errors import GaldaError
 from galda.losses import minimum_class_confusion
-from galda.methods.base import MergerClassifier, StepOutputs
+from galda.methods.base import MergerClassifier, OptimizerFactory, SchedulerFactory, StepOutputs
 
 
 class MCCClassifier(MergerClassifier):
@@ -22,13 +23,15 @@ class MCCClassifier(MergerClassifier):
 
     def __init__(
         self,
-        net: nn.Module | dict[str, Any],
-        optimizer: Any = None,
-        scheduler: Any = None,
+        net: nn.Module | Mapping[str, Any],
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
         transfer_weight: float = 1.0,
+        fisher_weight: float = 0.0,
+        entropy_weight: float = 0.0,
         temperature: float = 2.5,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, transfer_weight)
+        super().__init__(net, optimizer, scheduler, transfer_weight, fisher_weight, entropy_weight)
         if not temperature > 0:
             raise GaldaError(f"method.module.temperature={temperature} must be > 0")
         self.temperature = float(temperature)

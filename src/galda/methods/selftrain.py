@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from galda.errors import GaldaError
 from galda.losses import confident_pseudo_label_loss
-from galda.methods.base import MergerClassifier, StepOutputs
+from galda.methods.base import MergerClassifier, OptimizerFactory, SchedulerFactory, StepOutputs
 
 
 class SelfTrainingClassifier(MergerClassifier):
@@ -26,14 +27,16 @@ class SelfTrainingClassifier(MergerClassifier):
 
     def __init__(
         self,
-        net: nn.Module | dict[str, Any],
-        optimizer: Any = None,
-        scheduler: Any = None,
+        net: nn.Module | Mapping[str, Any],
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
         transfer_weight: float = 1.0,
+        fisher_weight: float = 0.0,
+        entropy_weight: float = 0.0,
         threshold: float = 0.95,
         warmup: float = 0.2,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, transfer_weight)
+        super().__init__(net, optimizer, scheduler, transfer_weight, fisher_weight, entropy_weight)
         if not 0.0 <= threshold < 1.0:
             raise GaldaError(f"method.module.threshold={threshold} must be in [0, 1)")
         if not 0.0 <= warmup <= 1.0:
