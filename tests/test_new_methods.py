@@ -353,3 +353,32 @@ def test_bad_method_settings_are_user_errors(compose_cfg, override):
     key = override.split()[1].split("=")[0]
     with pytest.raises(GaldaError, match=key.replace(".", r"\.")):
         build_module(compose_cfg("model=tiny", *override.split()))
+
+
+def test_cdan_checkpoint_restores_the_random_map(tmp_path):
+    """The randomised map's fixed matrices travel in the checkpoint (load needs no arguments)."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from galda.methods import CDANClassifier
+    from tests.test_methods import _Paired
+
+    pl.seed_everything(0)
+    net = {"_target_": "galda.models.TinyNet", "in_channels": 3}
+    module = CDANClassifier(net, randomized_threshold=0, randomized_dim=32, discriminator_hidden=8)
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, DataLoader(_Paired(n=16), batch_size=8))
+    trainer.save_checkpoint(tmp_path / "cdan.ckpt")
+    pl.seed_everything(1)
+    loaded = CDANClassifier.load_from_checkpoint(tmp_path / "cdan.ckpt")
+    assert loaded.conditional_map.randomized and loaded.conditional_map.output_dim == 32
+    for name in ("r_features", "r_classes"):
+        saved = getattr(module.conditional_map.random_map, name)
+        assert torch.equal(getattr(loaded.conditional_map.random_map, name), saved)
