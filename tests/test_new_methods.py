@@ -101,9 +101,8 @@ def _reference_weighted_bce(d_s, d_t, w_s, w_t) -> float:
 
     total = 0.0
     for logits, weights, y in ((d_s, w_s, 1), (d_t, w_t, 0)):
-        norm = sum(weights) / len(weights)
-        total += sum(w / norm * bce(z, y) for z, w in zip(logits, weights, strict=True))
-    return total / (len(d_s) + len(d_t))
+        total += sum(w * bce(z, y) for z, w in zip(logits, weights, strict=True)) / sum(weights)
+    return total
 
 
 def test_weighted_domain_loss_matches_reference_and_reduces_to_dann():

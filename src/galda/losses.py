@@ -375,27 +375,30 @@ def weighted_domain_adversarial_loss(
     weights_source: Tensor | None = None,
     weights_target: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Σ_i w_i · BCE(d_i, y_i) / (n_s + n_t), source y = 1, target y = 0.
+    """Per-domain weighted means of the discriminator's BCE, summed (source = 1, target = 0):
 
-    Each domain's weights are detached and rescaled to average 1 (w_i ← n_d · w_i / Σ_{j∈d} w_j),
-    so both domains keep their share of the loss and w ≡ 1 gives :func:`domain_adversarial_loss`.
-    With w = :func:`entropy_weights` this is CDAN+E's discriminator loss (Long et al. 2018).
-    Returns (loss, unweighted domain accuracy, detached).
+        L_d = Σ_s w_s BCE(d_s, 1) / Σ_s w_s + Σ_t w_t BCE(d_t, 0) / Σ_t w_t
+
+    Weights are detached; each domain keeps its share of the loss whatever its weights' scale,
+    and w ≡ 1 gives :func:`domain_adversarial_loss` (paper Eq. 4). With w = :func:`entropy_weights`
+    this is CDAN+E's discriminator loss (Long et al. 2018). Returns (loss, unweighted domain
+    accuracy over all samples, detached).
     """
     d_s, d_t = domain_logits_source.reshape(-1), domain_logits_target.reshape(-1)
 
-    def normalised(w: Tensor | None, like: Tensor) -> Tensor:
-        if w is None:
-            return torch.ones_like(like)
-        w = w.detach().reshape(-1).to(like.dtype)
-        return w * (len(w) / w.sum())
+    def weighted_mean(logits: Tensor, label: float, weights: Tensor | None) -> Tensor:
+        per_sample = F.binary_cross_entropy_with_logits(
+            logits, torch.full_like(logits, label), reduction="none"
+        )
+        if weights is None:
+            return per_sample.mean()
+        weights = weights.detach().reshape(-1).to(per_sample.dtype)
+        return (weights * per_sample).sum() / weights.sum()
 
-    logits = torch.cat([d_s, d_t])
-    labels = torch.cat([torch.ones_like(d_s), torch.zeros_like(d_t)])
-    weights = torch.cat([normalised(weights_source, d_s), normalised(weights_target, d_t)])
-    per_sample = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    loss = (weights * per_sample).sum() / len(logits)
+    loss = weighted_mean(d_s, 1.0, weights_source) + weighted_mean(d_t, 0.0, weights_target)
     with torch.no_grad():
+        logits = torch.cat([d_s, d_t])
+        labels = torch.cat([torch.ones_like(d_s), torch.zeros_like(d_t)])
         accuracy = ((logits > 0).to(labels.dtype) == labels).to(logits.dtype).mean()
     return loss, accuracy.detach()
 

@@ -23,7 +23,7 @@ DOMAINS = ("source", "target")
 METRICS = ("acc", "precision", "recall", "f1", "brier", "auroc")
 
 # Table rows and Figure 1 bars follow this order; methods not listed come after, by name.
-METHOD_ORDER = ("baseline", "mmd", "dann", "adabn", "coral", "cdan", "mcc", "selftrain")
+METHOD_ORDER = ("baseline", "mmd", "dann", "adabn", "bnmix", "coral", "cdan", "mcc", "selftrain")
 METHOD_LABELS = {
     "baseline": "No domain adaptation",
     "mmd": "MMD",

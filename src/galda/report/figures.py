@@ -25,10 +25,10 @@ from .collect import (
 # any other method takes a light shade chosen from its name, so no colour depends on which methods
 # happen to be present.
 COLORS = {"baseline": "tab:blue", "mmd": "tab:purple", "dann": "tab:orange", "adabn": "tab:green",
-          "coral": "tab:brown", "cdan": "tab:red", "mcc": "tab:cyan", "selftrain": "tab:olive",
-          "oracle": "tab:gray"}
-_EXTRA = ["tab:pink", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
-          "#dbdb8d", "#9edae5"]
+          "bnmix": "tab:pink", "coral": "tab:brown", "cdan": "tab:red", "mcc": "tab:cyan",
+          "selftrain": "tab:olive", "oracle": "tab:gray"}
+_EXTRA = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d",
+          "#9edae5"]
 SOURCE_HATCH = "////"
 FPR_GRID = np.linspace(0.0, 1.0, 201)
 
