@@ -15,6 +15,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -121,14 +122,19 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
 
     The network goes in as its config, so the checkpoint can rebuild it on its own.
     """
-    module = instantiate(
-        cfg.method.module,
-        net=cfg.model.net,
-        optimizer=instantiate(cfg.optim.optimizer),
-        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
-        _recursive_=False,
-        _convert_="all",  # plain dicts: the checkpoint loads with torch.load(weights_only=True)
-    )
+    try:
+        module = instantiate(
+            cfg.method.module,
+            net=cfg.model.net,
+            optimizer=instantiate(cfg.optim.optimizer),
+            scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+            _recursive_=False,
+            _convert_="all",  # plain dicts: the checkpoint loads with torch.load(weights_only=True)
+        )
+    except InstantiationException as err:  # a constructor's settings error stays a GaldaError
+        if isinstance(err.__cause__, GaldaError):
+            raise err.__cause__ from None
+        raise
     if cfg.data.get("channels_last"):
         module = module.to(memory_format=torch.channels_last)
     return module

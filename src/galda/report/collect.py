@@ -22,11 +22,17 @@ from galda.results import RESULTS_FILE, read_results
 DOMAINS = ("source", "target")
 METRICS = ("acc", "precision", "recall", "f1", "brier", "auroc")
 
-METHOD_ORDER = ("baseline", "mmd", "dann")
+# Table rows and Figure 1 bars follow this order; methods not listed come after, by name.
+METHOD_ORDER = ("baseline", "mmd", "dann", "adabn", "bnmix", "coral", "cdan", "mcc", "selftrain")
 METHOD_LABELS = {
     "baseline": "No domain adaptation",
     "mmd": "MMD",
     "dann": "Adversarial (DANN)",
+    "adabn": "AdaBN",
+    "coral": "Deep CORAL",
+    "cdan": "Conditional adversarial (CDAN)",
+    "mcc": "Minimum class confusion (MCC)",
+    "selftrain": "Self-training (pseudo-labels)",
     "oracle": "Oracle (trained with target labels)",
 }
 MODEL_ORDER = ("deepmerge", "resnet18")

@@ -5,6 +5,7 @@ over seeds, vertical averaging) with the AUC in the legend."""
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +21,25 @@ from .collect import (
     model_sort_key,
 )
 
-COLORS = {"baseline": "navy", "mmd": "darkviolet", "dann": "darkorange", "oracle": "grey"}
-_EXTRA = ["tab:green", "tab:brown", "tab:cyan", "tab:olive", "tab:pink", "tab:red"]
+# One palette, matplotlib's tab20: known methods take its strong shades, the same in every figure;
+# any other method takes a light shade chosen from its name, so no colour depends on which methods
+# happen to be present.
+COLORS = {"baseline": "tab:blue", "mmd": "tab:purple", "dann": "tab:orange", "adabn": "tab:green",
+          "bnmix": "tab:pink", "coral": "tab:brown", "cdan": "tab:red", "mcc": "tab:cyan",
+          "selftrain": "tab:olive", "oracle": "tab:gray"}
+_EXTRA = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d",
+          "#9edae5"]
 SOURCE_HATCH = "////"
 FPR_GRID = np.linspace(0.0, 1.0, 201)
 
 
-def method_color(method: str, uses_target_labels: bool, extra_index: int = 0) -> str:
+def method_color(method: str, uses_target_labels: bool) -> str:
+    """The method's colour, the same in every figure (a method run with target labels: grey)."""
     if method in COLORS:
         return COLORS[method]
     if uses_target_labels:
         return "dimgrey"
-    return _EXTRA[extra_index % len(_EXTRA)]
+    return _EXTRA[zlib.crc32(method.encode()) % len(_EXTRA)]
 
 
 def _load_predictions(path: Path, domain: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -92,8 +100,7 @@ def draw_figure1(groups: list[Group], data: str):
     gs = [g for g in groups if g.data == data]
     models = sorted({g.model for g in gs}, key=model_sort_key)
     rows = sorted({(g.method, g.uses_target_labels) for g in gs}, key=lambda k: method_sort_key(*k))
-    extra = {k: i for i, k in enumerate(k for k in rows if k[0] not in COLORS)}
-    colors = {k: method_color(k[0], k[1], extra.get(k, 0)) for k in rows}
+    colors = {k: method_color(*k) for k in rows}
     idx = {(g.model, g.method, g.uses_target_labels): g for g in gs}
 
     fig = plt.figure(figsize=(16, 5.2 * len(models)), constrained_layout=True)
