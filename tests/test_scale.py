@@ -51,12 +51,14 @@ def test_cpu_sweep_runs_two_jobs_at_a_time(sim_data_dir, tmp_path):
     cmd = [sys.executable, "-m", "galda.run", "-m", "hydra/launcher=gpus", "hydra.launcher.n_jobs=2",
            "data=tiny", f"paths.data_dir={sim_data_dir}", "model=tiny", "seed=1,2,3,4",
            "trainer.max_epochs=1", "logger=none", "callbacks.progress_bar=null", f"paths.log_dir={tmp_path}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = sorted(tmp_path.glob("multirun/default/*/results.json"))
     assert len(found) == 4
     runs = [json.loads(p.read_text()) for p in found]
     assert all(r["status"] == "complete" for r in runs)
+    share = devices.thread_share(2, devices._cpu_count())  # each of 2 jobs: its share of the cores
+    assert all(r["device"].endswith(f"{share} threads)") for r in runs), [r["device"] for r in runs]
     # concurrency from the jobs' own start/finish times: two at a time, never more
     events = sorted([(r["started_at"], 1) for r in runs] + [(r["finished_at"], -1) for r in runs])
     running, most = 0, 0
@@ -72,7 +74,7 @@ def test_ddp_two_cpu_processes(sim_data_dir, tmp_path, method):
     cmd = [sys.executable, "-m", "galda.run", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
            f"method={method}", "model=tiny", "data=tiny", f"paths.data_dir={sim_data_dir}",
            "trainer.max_epochs=2", "logger=none", "callbacks.progress_bar=null", f"hydra.run.dir={tmp_path}/run"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["status"] == "complete" and res["method"] == method
