@@ -32,7 +32,8 @@ def test_no_pinning_without_gpus_or_outside_parallel_launchers():
     assert devices.configure_job_resources(False) == {}
 
 
-@pytest.mark.parametrize("launcher,target", [("gpus", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
+@pytest.mark.parametrize("launcher,target", [("gpus", "JoblibLauncher"), ("slurm", "SlurmLauncher"),
+                                             ("slurm_local", "LocalLauncher")])
 def test_launcher_configs_compose(launcher, target):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -45,6 +46,9 @@ def test_launcher_configs_compose(launcher, target):
         resolved = OmegaConf.to_container(launcher_cfg, resolve=True)
         assert resolved["gpus_per_node"] == 1 and resolved["account"] == "acct"
         assert resolved["partition"] == "gpu" and resolved["array_parallelism"] >= 1
+    if launcher == "slurm_local":  # mirrors slurm.yaml's resources
+        resolved = OmegaConf.to_container(launcher_cfg, resolve=True)
+        assert resolved["gpus_per_node"] == 1 and resolved["cpus_per_task"] == cfg.slurm.cpus_per_task
 
 
 def test_cpu_sweep_runs_two_jobs_at_a_time(sim_data_dir, tmp_path):
