@@ -139,3 +139,40 @@ def test_no_pinning_outside_parallel_local_launchers(machine, monkeypatch):
     assert devices.configure_job_resources("auto") == {}
     assert devices.configure_job_resources(False) == {}
     assert devices.configure_job_resources("false") == {}
+
+
+def _packing_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("packing", CONF.parent / "benchmarks" / "packing.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_packing_probe_suggests_the_smallest_count_near_the_best():
+    packing = _packing_module()
+    rows = [{"n": 1, "aggregate_images_per_s": 100.0}, {"n": 2, "aggregate_images_per_s": 190.0},
+            {"n": 4, "aggregate_images_per_s": 300.0}, {"n": 8, "aggregate_images_per_s": 320.0},
+            {"n": 12, "aggregate_images_per_s": 310.0}, {"n": 16, "skipped": "no worker"}]
+    assert packing.suggest(rows) == 4  # 300 >= 0.9 * 320; 190 is not
+    assert packing.suggest([{"n": 1, "aggregate_images_per_s": None}]) is None
+
+
+@pytest.mark.slow
+def test_packing_probe_runs_on_the_cpu(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "packing.json"
+    cmd = [sys.executable, str(CONF.parent / "benchmarks" / "packing.py"), "--device", "cpu",
+           "--counts", "1,2", "--seconds", "0.5", "--batch", "4", "--images", "16", "--warmup", "1",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["n"] for r in report["rows"]] == [1, 2]
+    assert all(r["aggregate_images_per_s"] > 0 for r in report["rows"])
+    assert [len(r["steps"]) for r in report["rows"]] == [1, 2]  # every process of a count ran
+    assert report["suggested_jobs_per_gpu"] in (1, 2)

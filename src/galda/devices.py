@@ -9,15 +9,15 @@ several GPUs, jobs that end early can leave the round robin uneven for a while; 
 common case) every job shares it.
 
 Why several jobs per GPU (``DEFAULT_JOBS_PER_GPU``): a DeepMerge step is about 40 MFLOP per image
-forward and backward, so a 256-image step is ~10 GFLOP, well under a millisecond of a modern GPU,
-while the step took 7–17 ms on an H200 (benchmark in experiments/gpu_h200/bench_gpu.json: 108
-package steps/s for the baseline, 59 for DANN): the GPU waits on Python most of the time. Four jobs
-of the small-set DANN sweep on that H200 each took 16–19 s for 30 epochs where one alone should take
-about 14 s (16 steps of 17 ms plus validation per epoch), i.e. about 3.4× the throughput of one job
-at a time. Four keeps every job's copy of the paper-sized data (2 GB on the device with
-``data.on_device``) and a 16-core host's threads (4 each) comfortable; eight is used by
-``benchmarks/gpu_session.sh``, which also measures the scaling. The default must be confirmed by
-that GPU run (``benchmarks/packing.py``).
+forward and backward, ~10 GFLOP for a 128 + 128 batch, well under a millisecond of a modern GPU,
+yet a package step took 7-17 ms on an H200 (108 steps/s for the baseline, 59 for DANN:
+experiments/gpu_h200/bench_gpu.json): the GPU waits on Python most of the time. Four DANN jobs at
+once on that H200 (small set, experiments/gpu_h200/dann_sweep.json) each took 16-19 s for 30 epochs
+of 16 steps: together ~128 steps/s, 2.2x one job's step rate and ~3x one job's estimated 12-14 s
+run. Four keeps every job's copy of the paper-sized data (2 GB on the device with
+``data.on_device``) and a 16-core host's threads (4 each) comfortable on any recent GPU.
+``benchmarks/gpu_session.sh`` runs 8 per GPU and measures 1-12 processes at once
+(``benchmarks/packing.py``): the default must be confirmed (or raised) by that GPU run.
 """
 
 from __future__ import annotations
