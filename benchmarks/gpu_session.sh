@@ -97,8 +97,12 @@ if [ "$DRY" = 1 ]; then
 fi
 DATA=$WORK/data; LOGS=$WORK/outputs; LOGDIR=$WORK/logs; REPORTS=$WORK/reports; BENCHDIR=$WORK/bench
 DATA_PAPER=$PRESET_PAPER; DATA_SMALL=$PRESET_SMALL   # data config names equal the presets
-rm -rf "$LOGS" "$LOGDIR" "$REPORTS" "$BENCHDIR" "$OUT"
+rm -rf "$LOGS" "$LOGDIR" "$REPORTS" "$BENCHDIR"   # data is kept: a rerun reuses the simulation
 mkdir -p "$OUT" "$DATA" "$LOGS" "$LOGDIR" "$REPORTS" "$BENCHDIR"
+for f in session.log session.tar.gz summary.json table1.md figure1.png bench_gpu.json packing.json; do
+  rm -f "${OUT:?}/$f"
+done
+command -v setsid > /dev/null || setsid() { "$@"; }   # without it only the timeout's child is cut
 exec > >(tee -a "$OUT/session.log") 2>&1
 TEE_PID=$!
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled HYDRA_FULL_ERROR=1 OMP_WAIT_POLICY=PASSIVE
@@ -169,39 +173,43 @@ except (OSError, ValueError):
     versions = None
 grids = {}
 for task in sorted(glob.glob(os.path.join(work, "outputs", "multirun", "*"))):
-    runs = []
+    by_model = {}
     for f in glob.glob(os.path.join(task, "*", "results.json")):
         try:
-            runs.append(json.load(open(f)))
+            r = json.load(open(f))
         except ValueError:
-            pass
-    done = [r for r in runs if r.get("status") == "complete"]
-    rows = {}
-    for r in done:
-        key = f"{r.get('model')}/{r.get('method')}"
-        rows.setdefault(key, []).append(r)
-    table = {}
-    for key, rs in sorted(rows.items()):
-        tgt = [r["test/target/acc"] for r in rs if r.get("test/target/acc") is not None]
-        src = [r["test/source/acc"] for r in rs if r.get("test/source/acc") is not None]
-        table[key] = {"n": len(rs), "seeds": sorted(r.get("seed") for r in rs),
-                      "target_acc_mean": round(statistics.mean(tgt), 4) if tgt else None,
-                      "source_acc_mean": round(statistics.mean(src), 4) if src else None,
-                      "epochs_run": sorted({r.get("epochs_run") for r in rs}),
-                      "wall_s_mean": round(statistics.mean(r.get("wall_time_s") or 0 for r in rs), 1)}
-    timed = [r for r in done if r.get("started_at") and r.get("finished_at")]
-    span = None
-    if timed:
-        span = max(r["finished_at"] for r in timed) - min(r["started_at"] for r in timed)
-    busy = sum(r.get("wall_time_s") or 0 for r in timed)
-    grids[os.path.basename(task)] = {
-        "results": len(runs), "complete": len(done),
-        "status": sorted({r.get("status") for r in runs}),
-        "errors": sorted({str(r.get("error"))[:200] for r in runs if r.get("error")}),
-        "devices": sorted({r.get("device") for r in done}),
-        "span_s": round(span, 1) if span else None,
-        "mean_concurrency": round(busy / span, 2) if span else None,
-        "rows": table}
+            continue
+        by_model.setdefault(str(r.get("model")), []).append(r)
+    for model, runs in sorted(by_model.items()):  # one grid per network: its own phase
+        done = [r for r in runs if r.get("status") == "complete"]
+        rows = {}
+        for r in done:
+            rows.setdefault(str(r.get("method")), []).append(r)
+        table = {}
+        for method, rs in sorted(rows.items()):
+            tgt = [r["test/target/acc"] for r in rs if r.get("test/target/acc") is not None]
+            src = [r["test/source/acc"] for r in rs if r.get("test/source/acc") is not None]
+            table[method] = {
+                "n": len(rs), "seeds": sorted(r.get("seed") for r in rs),
+                "target_acc_mean": round(statistics.mean(tgt), 4) if tgt else None,
+                "source_acc_mean": round(statistics.mean(src), 4) if src else None,
+                "epochs_run": sorted({r.get("epochs_run") for r in rs}),
+                "wall_s_mean": round(statistics.mean(r.get("wall_time_s") or 0 for r in rs), 1)}
+        timed = [r for r in done if r.get("started_at") and r.get("finished_at")]
+        span = None
+        if timed:
+            span = max(r["finished_at"] for r in timed) - min(r["started_at"] for r in timed)
+        busy = sum(r.get("wall_time_s") or 0 for r in timed)
+        epochs = sum(r.get("epochs_run") or 0 for r in timed)
+        grids[f"{os.path.basename(task)}/{model}"] = {
+            "results": len(runs), "complete": len(done),
+            "status": sorted({str(r.get("status")) for r in runs}),
+            "errors": sorted({str(r.get("error"))[:200] for r in runs if r.get("error")}),
+            "devices": sorted({str(r.get("device")) for r in done}),
+            "span_s": round(span, 1) if span else None,
+            "mean_concurrency": round(busy / span, 2) if span else None,  # jobs running, on average
+            "epochs_per_s": round(epochs / span, 3) if span else None,    # all jobs together
+            "rows": table}
 summary = {"budget_s": budget, "elapsed_s": elapsed, "commit": os.environ.get("GALDA_COMMIT"),
            "versions": versions, "phases": phases, "grids": grids}
 tmp = out + ".tmp"
@@ -214,11 +222,11 @@ for p in phases:
     print(f"{p['phase']:16s} {str(p['rc']):8s} {p['seconds']:7d}  {p['budget_s']}")
 for name, g in grids.items():
     print(f"{name}: {g['complete']}/{g['results']} complete, span {g['span_s']} s, "
-          f"concurrency {g['mean_concurrency']}")
+          f"concurrency {g['mean_concurrency']}, {g['epochs_per_s']} epochs/s")
     for err in g["errors"][:3]:
         print(f"  error: {err}")
     for key, row in g["rows"].items():
-        print(f"  {key:22s} n={row['n']:2d} target {row['target_acc_mean']} "
+        print(f"  {key:10s} n={row['n']:2d} target {row['target_acc_mean']} "
               f"source {row['source_acc_mean']} epochs {row['epochs_run']} {row['wall_s_mean']} s")
 PY
 }
@@ -286,12 +294,12 @@ if have_data "$PRESET_PAPER"; then
     "data=$DATA_PAPER" "model=$MODEL_DM" "seed=$SEEDS_DM" "method=$METHODS" \
     "trainer.max_epochs=$EPOCHS_DM" "${COMMON[@]}"
   checkpoint
-  MIN=8 RESERVE=5 phase report_paper "$T_REPORT" "$PY" -m galda.report \
+  MIN=8 RESERVE=5 phase report_dm "$T_REPORT" "$PY" -m galda.report \
     "$LOGS/multirun/table1_gpu" --out "$REPORTS/table1_gpu" --paper
   phase paper_r18 "$T_PAPER_R18" "$PY" "${GRID[@]}" "jobs_per_gpu=$JPG_R18" task_name=table1_gpu \
     "data=$DATA_PAPER" "model=$MODEL_R18" "seed=$SEEDS_R18" "method=$METHODS" \
     "trainer.max_epochs=$EPOCHS_R18" "${COMMON[@]}"
-  MIN=8 RESERVE=5 phase report_paper "$T_REPORT" "$PY" -m galda.report \
+  MIN=8 RESERVE=5 phase report_table1 "$T_REPORT" "$PY" -m galda.report \
     "$LOGS/multirun/table1_gpu" --out "$REPORTS/table1_gpu" --paper
   cp -f "$REPORTS/table1_gpu/table1.md" "$REPORTS/table1_gpu/figure1.png" "$OUT/" 2>/dev/null
   checkpoint
