@@ -16,8 +16,8 @@
 # rewritten, so a cut-off session still returns what it finished. Files back in $OUT (<= 8):
 # session.log, session.tar.gz, summary.json, table1.md, figure1.png, bench_gpu.json, packing.json.
 #
-# Epoch budget: a fixed number of epochs per run (the paper's 200 with early stopping does not fit
-# 39 runs in minutes). Sizing from the H200 runs (experiments/gpu_h200/): one paper-sized DeepMerge
+# Epoch budget: a fixed number of epochs per run, shorter than the package default (60; the schedules
+# are sized to whatever trainer.max_epochs is): 60 epochs x 39 paper-sized runs does not fit minutes. Sizing from the H200 runs (experiments/gpu_h200/): one paper-sized DeepMerge
 # run alone took ~1.0 (baseline), 1.5 (DANN) and 1.8 (MMD) s/epoch (85 steps of 128 + 128 images,
 # plus validation) and ~10 s of start-up; the package ran 59-108 DeepMerge and 42-62 ResNet18
 # steps/s (bench_gpu.json); 4 DANN jobs at once on the small set ran ~128 steps/s together, 2.2x one
@@ -286,8 +286,8 @@ if [ ! -s "$WORK/versions.json" ]; then checkpoint; exec 1>&- 2>&-; wait "$TEE_P
 record setup 0 "$(($(now) - START))" "$T_SETUP"
 
 # ---- paper-sized Table 1 ------------------------------------------------------------------------
-phase sim_paper "$T_SIM_PAPER" "$PY" -m galda.simulate "preset=$PRESET_PAPER" seed=1 \
-  "workers=$SIM_WORKERS" "out=$DATA/simulated/$PRESET_PAPER-seed1" progress=false
+phase sim_paper "$T_SIM_PAPER" "$PY" -m galda.simulate --preset "$PRESET_PAPER" --seed 1 \
+  --workers "$SIM_WORKERS" --out "$DATA/simulated/$PRESET_PAPER-seed1" --no-progress
 GRID=(-m galda.run -m hydra/launcher=gpus "paths.data_dir=$DATA" "paths.log_dir=$LOGS")
 if have_data "$PRESET_PAPER"; then
   phase paper_dm "$T_PAPER_DM" "$PY" "${GRID[@]}" "jobs_per_gpu=$JPG_DM" task_name=table1_gpu \
@@ -308,8 +308,8 @@ else
 fi
 
 # ---- small set (the lead's experiments) -------------------------------------------------------
-phase sim_small "$T_SIM_SMALL" "$PY" -m galda.simulate "preset=$PRESET_SMALL" seed=1 \
-  "workers=$SIM_WORKERS" "out=$DATA/simulated/$PRESET_SMALL-seed1" progress=false
+phase sim_small "$T_SIM_SMALL" "$PY" -m galda.simulate --preset "$PRESET_SMALL" --seed 1 \
+  --workers "$SIM_WORKERS" --out "$DATA/simulated/$PRESET_SMALL-seed1" --no-progress
 if have_data "$PRESET_SMALL"; then
   # shellcheck disable=SC2086  # SMALL_EXTRA is a list of overrides
   phase small "$T_SMALL" "$PY" "${GRID[@]}" "jobs_per_gpu=$JPG_SMALL" task_name=small_gpu \
