@@ -1,6 +1,7 @@
 """Sweeps at scale: device pinning per job, launcher configs, DDP with two CPU processes."""
 
 import json
+import re
 import subprocess
 import sys
 from unittest import mock
@@ -32,7 +33,8 @@ def test_no_pinning_without_gpus_or_outside_parallel_launchers():
     assert devices.configure_job_resources(False) == {}
 
 
-@pytest.mark.parametrize("launcher,target", [("gpus", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
+@pytest.mark.parametrize("launcher,target", [("gpus", "JoblibLauncher"), ("slurm", "SlurmLauncher"),
+                                             ("slurm_local", "LocalLauncher")])
 def test_launcher_configs_compose(launcher, target):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -45,25 +47,32 @@ def test_launcher_configs_compose(launcher, target):
         resolved = OmegaConf.to_container(launcher_cfg, resolve=True)
         assert resolved["gpus_per_node"] == 1 and resolved["account"] == "acct"
         assert resolved["partition"] == "gpu" and resolved["array_parallelism"] >= 1
+    if launcher == "slurm_local":  # mirrors slurm.yaml's resources
+        resolved = OmegaConf.to_container(launcher_cfg, resolve=True)
+        assert resolved["gpus_per_node"] == 1 and resolved["cpus_per_task"] == cfg.slurm.cpus_per_task
 
 
+@pytest.mark.slow
 def test_cpu_sweep_runs_two_jobs_at_a_time(sim_data_dir, tmp_path):
     cmd = [sys.executable, "-m", "galda.run", "-m", "hydra/launcher=gpus", "hydra.launcher.n_jobs=2",
            "data=tiny", f"paths.data_dir={sim_data_dir}", "model=tiny", "seed=1,2,3,4",
-           "trainer.max_epochs=1", "logger=none", "callbacks.progress_bar=null", f"paths.log_dir={tmp_path}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+           "trainer.max_epochs=3", "logger=none", "callbacks.progress_bar=null", f"paths.log_dir={tmp_path}"]
+    proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = sorted(tmp_path.glob("multirun/default/*/results.json"))
     assert len(found) == 4
     runs = [json.loads(p.read_text()) for p in found]
     assert all(r["status"] == "complete" for r in runs)
+    share = devices.thread_share(2, devices._cpu_count())  # each of 2 jobs: its share of the cores
+    threads = [re.search(r"(\d+) threads", r["device"]) for r in runs]
+    assert all(t and int(t.group(1)) == share for t in threads), [r["device"] for r in runs]
     # concurrency from the jobs' own start/finish times: two at a time, never more
     events = sorted([(r["started_at"], 1) for r in runs] + [(r["finished_at"], -1) for r in runs])
     running, most = 0, 0
     for _, step in events:
         running += step
         most = max(most, running)
-    assert most == 2
+    assert most == 2, events  # jobs of 3 epochs: long enough to overlap on a busy machine
 
 
 @pytest.mark.slow
@@ -72,7 +81,7 @@ def test_ddp_two_cpu_processes(sim_data_dir, tmp_path, method):
     cmd = [sys.executable, "-m", "galda.run", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
            f"method={method}", "model=tiny", "data=tiny", f"paths.data_dir={sim_data_dir}",
            "trainer.max_epochs=2", "logger=none", "callbacks.progress_bar=null", f"hydra.run.dir={tmp_path}/run"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["status"] == "complete" and res["method"] == method
