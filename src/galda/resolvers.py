@@ -6,10 +6,11 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 
-def _parallel_jobs() -> int:
+def _parallel_jobs(jobs_per_gpu: int | None = None) -> int:
+    """``${galda_parallel_jobs:<jobs per GPU>}``: concurrent jobs of ``hydra/launcher=gpus``."""
     from galda.devices import parallel_jobs
 
-    return parallel_jobs()
+    return parallel_jobs() if jobs_per_gpu is None else parallel_jobs(jobs_per_gpu)
 
 
 def _selection_direction(monitor: str) -> str:
