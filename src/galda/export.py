@@ -99,8 +99,8 @@ def torchscript_bytes(model: MergerPredictor, x: torch.Tensor) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, (x,), check_trace=False)
-    buf = io.BytesIO()
-    torch.jit.save(traced, buf, _extra_files={"galda.json": json.dumps(provenance(model))})
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf, _extra_files={"galda.json": json.dumps(provenance(model))})
     return buf.getvalue()
 
 
@@ -113,7 +113,9 @@ def run_exported(payload: bytes, fmt: str, x: np.ndarray) -> np.ndarray:
         options.intra_op_num_threads = max(1, min(4, torch.get_num_threads()))
         session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
         return np.asarray(session.run(None, {INPUT_NAME: x.astype(np.float32)})[0])
-    loaded = torch.jit.load(io.BytesIO(payload), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still asked for
+        loaded = torch.jit.load(io.BytesIO(payload), map_location="cpu")
     with torch.inference_mode():
         return loaded(torch.from_numpy(x.astype(np.float32))).numpy()
 
