@@ -363,3 +363,21 @@ def test_command_line_entry_point(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "none.ckpt: model not found" in bad.stderr
     assert not (tmp_path / "d.csv").exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".ecsv"])
+def test_text_catalogues_written_in_chunks_equal_one_pass(suffix):
+    import astropy.units as u
+    from astropy.table import Table
+
+    from galda.predict.core import catalogue_bytes
+
+    t = Table()
+    t["file"] = [f"a b{i}.fits" if i % 3 else f"c,{i}" for i in range(25)]  # quoting needed
+    t["p_merger"] = np.linspace(0, 1, 25).astype(np.float32)
+    t["ra"] = np.arange(25.0) * u.deg
+    t.meta["MODEL"] = "m.ckpt"
+    whole = catalogue_bytes(t, Path(f"c{suffix}"), rows_per_chunk=1000)
+    assert catalogue_bytes(t, Path(f"c{suffix}"), rows_per_chunk=7) == whole
+    back = Table.read(whole.decode(), format="ascii" + suffix)
+    assert list(back["file"]) == list(t["file"])

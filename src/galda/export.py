@@ -71,8 +71,7 @@ def example_batch(model: MergerPredictor, n: int = 8, seed: int = 0) -> torch.Te
     h, w = (model.image_shape[1:] if model.image_shape else (75, 75))
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((n, c, h, w), generator=g)
-    std = 1.0 / model.inv_std.detach().cpu()
-    return x * std + model.mean.detach().cpu()
+    return x * model.std.detach().cpu() + model.mean.detach().cpu()
 
 
 def onnx_bytes(model: MergerPredictor, x: torch.Tensor, opset: int | None = None) -> bytes:

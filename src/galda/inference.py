@@ -65,7 +65,7 @@ class MergerPredictor(nn.Module):
         mean_t = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(1, -1, 1, 1)
         std_t = torch.as_tensor(np.asarray(std, dtype=np.float32)).reshape(1, -1, 1, 1)
         self.register_buffer("mean", mean_t.clone())
-        self.register_buffer("inv_std", (1.0 / std_t).clone())
+        self.register_buffer("std", std_t.clone())
         self.register_buffer("inv_temperature", torch.tensor(1.0 / float(temperature)))
         self.temperature = float(temperature)
         self.image_shape = tuple(int(s) for s in image_shape) if image_shape else None
@@ -82,12 +82,12 @@ class MergerPredictor(nn.Module):
     @property
     def normalisation(self) -> dict[str, list[float]]:
         """The per-channel mean and std applied to raw images, as plain lists."""
-        return {"mean": self.mean.flatten().tolist(),
-                "std": (1.0 / self.inv_std.flatten()).tolist()}
+        return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
     def logits(self, x: Tensor) -> Tensor:
         """(N, 2) class logits of raw images, divided by the temperature."""
-        out = self.net((x - self.mean) * self.inv_std)
+        # (x - mean) / std exactly as the DataModule normalises training and test images
+        out = self.net((x - self.mean) / self.std)
         logits = out[1] if isinstance(out, (tuple, list)) else out
         return logits * self.inv_temperature
 

@@ -68,8 +68,8 @@ class Predictions:
     """Per-row outputs of :func:`run_models`: P(merger) per member (M, N) and metadata."""
 
     probs: np.ndarray
-    files: list[str]
-    meta: dict[str, list[Any]] = field(default_factory=dict)
+    files: np.ndarray
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def mean(self) -> np.ndarray:
@@ -118,8 +118,7 @@ def run_models(
     nets = [m.to(device).eval() for m in models]
     n = len(inp)
     probs = np.empty((len(nets), n), dtype=np.float32)
-    meta: dict[str, list[Any]] = {}
-    files: list[str] = []
+    chunks: dict[str, list[np.ndarray]] = {}
     check_finite = inp.source.may_be_nonfinite
     starts = list(range(0, n, batch_size))
     pin = device.type == "cuda"
@@ -141,10 +140,18 @@ def run_models(
             for j, net in enumerate(nets):
                 probs[j, start:stop] = net(xt).float().cpu().numpy()
             for key, values in inp.metadata(start, stop).items():
-                meta.setdefault(key, []).extend(list(values))
-            files.extend(inp.files(start, stop))
+                chunks.setdefault(key, []).append(_ids_column(values) if key == "object_id"
+                                                  else np.asarray(values))
             bar.update(stop - start)
-    return Predictions(probs, files, meta)
+    meta = {key: _concatenate(parts) for key, parts in chunks.items()}
+    return Predictions(probs, inp.file_column(), meta)
+
+
+def _concatenate(parts: list[np.ndarray]) -> np.ndarray:
+    """Chunks of one column; ids that are numbers in some chunks and text in others become text."""
+    if len({p.dtype.kind for p in parts}) > 1:
+        parts = [p.astype(str) for p in parts]
+    return np.concatenate(parts) if parts else np.empty(0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +159,8 @@ def run_models(
 # --------------------------------------------------------------------------------------------
 
 
-def _ids_column(values: list[Any]) -> np.ndarray:
+def _ids_column(values: Any) -> np.ndarray:
+    """Object ids as int64 when they are whole numbers, else as text."""
     arr = np.asarray(values)
     if arr.dtype.kind in "biu":
         return arr.astype(np.int64)
@@ -200,12 +208,12 @@ def build_catalogue(
 
     n = len(inp)
     table = Table()
-    table["file"] = np.asarray(preds.files, dtype=str)
+    table["file"] = preds.files
     table["file"].description = "input file (the stamp, for a folder)"
     table["row"] = np.arange(n, dtype=np.int64)
     table["row"].description = "row index in the input file (the stamp's index, for a folder)"
     if "object_id" in preds.meta:
-        table["object_id"] = _ids_column(preds.meta["object_id"])
+        table["object_id"] = preds.meta["object_id"]
         table["object_id"].description = f"object id ({inp.id_origin})"
     if "ra" in preds.meta:
         ra = np.asarray(preds.meta["ra"], np.float64)
@@ -245,12 +253,24 @@ def check_output(out: str | os.PathLike, force: bool, what: str = "--out") -> Pa
     return out
 
 
-def catalogue_bytes(table: Any, out: Path) -> bytes:
+def catalogue_bytes(table: Any, out: Path, rows_per_chunk: int = 100_000) -> bytes:
+    """The catalogue file's content. CSV and ECSV are formatted by astropy ``rows_per_chunk`` rows
+    at a time (its text writer holds several Python strings per cell: ~0.75 GB for a million
+    ECSV rows at once); the header comes from the first chunk only."""
     fmt = CATALOGUE_FORMATS[out.suffix.lower()]
     if fmt == "fits":
         buf = io.BytesIO()
         table.write(buf, format="fits")
         return buf.getvalue()
-    text = io.StringIO()
-    table.write(text, format=fmt)
-    return text.getvalue().encode("utf-8")
+    parts: list[bytes] = []
+    for start in range(0, max(len(table), 1), rows_per_chunk):
+        text = io.StringIO()
+        table[start:start + rows_per_chunk].write(text, format=fmt)
+        lines = text.getvalue().splitlines(keepends=True)
+        if start > 0:  # drop the repeated header: comment lines, then the column names
+            body = 0
+            while body < len(lines) and lines[body].startswith("#"):
+                body += 1
+            lines = lines[body + 1:]
+        parts.append("".join(lines).encode("utf-8"))
+    return b"".join(parts)

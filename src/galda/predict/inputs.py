@@ -77,19 +77,15 @@ class PredictInput:
     def has_ids(self) -> bool:
         return self.ids is not None or self.header_id_key is not None
 
-    @property
-    def may_have_sky(self) -> bool:
-        return self.ra is not None or (self.kind == "stamps" and any(
-            _has_suffix(p, FITS_SUFFIXES) for p in (self.stamp_paths or [])[:1]))
-
     def row_path(self, row: int) -> Path:
         """The file holding row ``row`` (the stamp for a folder)."""
         return self.stamp_paths[row] if self.stamp_paths is not None else self.path
 
-    def files(self, start: int, stop: int) -> list[str]:
+    def file_column(self) -> np.ndarray:
+        """Per-row file name: the stamp for a folder, else the input file."""
         if self.stamp_paths is not None:
-            return [p.name for p in self.stamp_paths[start:stop]]
-        return [self.path.name] * (stop - start)
+            return np.asarray([p.name for p in self.stamp_paths], dtype=str)
+        return np.full(len(self), self.path.name)
 
     def metadata(self, start: int, stop: int) -> dict[str, Any]:
         """``object_id``, ``ra``, ``dec`` for rows ``start:stop`` (keys only where known)."""
