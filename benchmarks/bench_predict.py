@@ -60,9 +60,9 @@ def make_checkpoint(path: Path, model: str, seed: int = 0) -> Path:
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     state["norm_mean"] = torch.tensor([[0.1, 0.2, 0.3], [1.0, 1.1, 1.2]])
     state["norm_std"] = torch.tensor([[0.5, 0.6, 0.7], [1.5, 1.6, 1.7]])
-    torch.save({"state_dict": state, "temperature": 1.3,
-                "hyper_parameters": {"net": NETS[model], "image_shape": list(SHAPE),
-                                     "bands": ["g", "r", "i"]}}, path)
+    state["_extra_state"] = {"image_shape": list(SHAPE), "bands": ["g", "r", "i"]}
+    torch.save({"state_dict": state, "temperature": 1.3, "hyper_parameters": {"net": NETS[model]}},
+               path)
     return path
 
 

@@ -129,7 +129,8 @@ class _FakeDataModule:
 
     def val_dataloader(self):
         x, y = self._data
-        batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, len(y), 16)]
+        batches = [{"image": x[i:i + 16], "label": y[i:i + 16], "index": torch.arange(i, i + 16)}
+                   for i in range(0, len(y), 16)]
         return {"source": batches, "target": [(x * 100, 1 - y)]}  # target must not be read
 
 

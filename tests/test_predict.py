@@ -29,7 +29,8 @@ STD = np.array([[0.2, 0.4, 0.6], [1.5, 2.0, 2.5]])
 
 def make_checkpoint(path: Path, seed: int = 0, temperature: float | None = None,
                     shape=SHAPE) -> tuple[Path, torch.nn.Module]:
-    """A Lightning-style checkpoint of a TinyNet with per-domain normalisation buffers."""
+    """A checkpoint laid out as MergerClassifier saves one (net config in the hyper-parameters,
+    normalisation buffers and the input's shape and bands in the state dict)."""
     from galda.models import TinyNet
 
     torch.manual_seed(seed)
@@ -40,11 +41,11 @@ def make_checkpoint(path: Path, seed: int = 0, temperature: float | None = None,
     state = {f"net.{k}": v.clone() for k, v in net.state_dict().items()}
     state["norm_mean"] = torch.tensor(MEAN[:, : shape[0]], dtype=torch.float32)
     state["norm_std"] = torch.tensor(STD[:, : shape[0]], dtype=torch.float32)
+    state["_extra_state"] = {"image_shape": list(shape), "bands": ["g", "r", "i"][: shape[0]]}
     state["discriminator.0.weight"] = torch.zeros(2, 2)  # method-owned weights are ignored
     checkpoint = {
         "state_dict": state,
-        "hyper_parameters": {"net": {**NET_CFG, "in_channels": shape[0]},
-                             "image_shape": list(shape), "bands": ["g", "r", "i"][: shape[0]]},
+        "hyper_parameters": {"net": {**NET_CFG, "in_channels": shape[0]}, "transfer_weight": 1.0},
         "epoch": 1,
     }
     if temperature is not None:
@@ -175,6 +176,11 @@ def test_load_model_refuses_a_checkpoint_without_its_network(tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(GaldaError, match="not a readable checkpoint"):
         load_model(tmp_path / "junk.ckpt")
+    import functools
+
+    torch.save({"state_dict": {}, "callback": functools.partial(print)}, tmp_path / "obj.ckpt")
+    with pytest.raises(GaldaError, match="Python objects"):  # never unpickled
+        load_model(tmp_path / "obj.ckpt")
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,3 +387,119 @@ def test_text_catalogues_written_in_chunks_equal_one_pass(suffix):
     assert catalogue_bytes(t, Path(f"c{suffix}"), rows_per_chunk=7) == whole
     back = Table.read(whole.decode(), format="ascii" + suffix)
     assert list(back["file"]) == list(t["file"])
+
+
+# --------------------------------------------------------------------------------------------
+# acceptance: trained models, compared with their own test-time predictions
+# --------------------------------------------------------------------------------------------
+
+
+def _train_tiny(compose_cfg, data_dir, run_dir, *extra):
+    from galda.train import train
+
+    cfg = compose_cfg("data=tiny", f"paths.data_dir={data_dir}", "model=tiny", "logger=none",
+                      *extra, run_dir=run_dir)
+    return cfg, train(cfg)
+
+
+def _target_file(data_dir: Path) -> Path:
+    return data_dir / "simulated" / "tiny-seed1" / "target.h5"
+
+
+@pytest.mark.slow
+def test_catalogue_equals_test_time_probabilities(compose_cfg, sim_data_dir, tmp_path):
+    """Train (DANN, 2 epochs); predict the target test images from a FITS folder, an .npy and the
+    domain file itself; every row equals predictions.npz, ids carried through."""
+    from galda.data.h5format import read_domain
+
+    run = tmp_path / "sweep" / "seed=1"
+    cfg, results = _train_tiny(compose_cfg, sim_data_dir, run, "method=dann",
+                               "trainer.max_epochs=2", "seed=1")
+    assert results["status"] == "complete"
+    with np.load(run / "predictions.npz") as z:
+        probs, index, gid = z["target_probs"], z["target_index"], z["target_galaxy_id"]
+    domain = read_domain(_target_file(sim_data_dir))
+    images = domain.images[index]
+    assert (domain.galaxy_id[index] == gid).all()
+
+    write_stamps(tmp_path / "stamps", images, ids=gid)
+    assert predict_main([str(run), str(tmp_path / "stamps"), "--out", str(tmp_path / "s.fits"),
+                         "--id-key", "OBJID", "--no-calibration", "-q"]) == 0
+    cat = read_table(tmp_path / "s.fits")
+    np.testing.assert_allclose(cat["p_merger"], probs, atol=1e-5)
+    assert list(cat["object_id"]) == list(gid)
+    assert cat.meta["BANDS"] == ",".join(domain.attrs["band_names"])
+    assert cat.meta["GITCOMM"] == (results["git_commit"] or "unknown")
+
+    np.save(tmp_path / "test.npy", images)
+    (tmp_path / "ids.csv").write_text("gid\n" + "\n".join(str(g) for g in gid) + "\n")
+    assert predict_main([str(run), str(tmp_path / "test.npy"), "--out", str(tmp_path / "n.csv"),
+                         "--ids", f"{tmp_path / 'ids.csv'}:gid", "--no-calibration", "-q"]) == 0
+    cat = read_table(tmp_path / "n.csv")
+    np.testing.assert_allclose(cat["p_merger"], probs, atol=1e-5)
+    assert list(cat["object_id"]) == list(gid) and list(cat["row"]) == list(range(len(gid)))
+
+    assert predict_main([str(run), str(_target_file(sim_data_dir)), "--out",
+                         str(tmp_path / "h.ecsv"), "--no-calibration", "-q"]) == 0
+    cat = read_table(tmp_path / "h.ecsv")
+    np.testing.assert_allclose(cat["p_merger"][index], probs, atol=1e-5)
+    assert list(cat["object_id"][index]) == list(gid)
+
+    # calibrated on the source validation split: the same images, softmax(z / T)
+    from hydra.utils import instantiate
+
+    from galda.calibration import calibrate_checkpoint
+    from galda.provision import datamodule_config
+
+    datamodule = instantiate(datamodule_config(cfg.data), _convert_="all")
+    datamodule.configure_training(True, False)
+    t = calibrate_checkpoint(results["checkpoint"], datamodule)
+    assert predict_main([str(run), str(tmp_path / "test.npy"), "--out", str(tmp_path / "t.csv"),
+                         "-q"]) == 0
+    margin = np.log(probs) - np.log1p(-probs)
+    expected = 1.0 / (1.0 + np.exp(-margin / t))
+    np.testing.assert_allclose(read_table(tmp_path / "t.csv")["p_merger"], expected, atol=1e-5)
+
+    # a second seed makes the folder an ensemble: mean and std of the two runs' test predictions
+    _, second = _train_tiny(compose_cfg, sim_data_dir, tmp_path / "sweep" / "seed=2",
+                            "method=dann", "trainer.max_epochs=2", "seed=2")
+    with np.load(tmp_path / "sweep" / "seed=2" / "predictions.npz") as z:
+        assert (z["target_index"] == index).all()
+        probs2 = z["target_probs"]
+    calibrate_checkpoint(second["checkpoint"], datamodule)
+    assert predict_main([str(tmp_path / "sweep"), str(tmp_path / "test.npy"), "--out",
+                         str(tmp_path / "e.fits"), "--no-calibration", "-q"]) == 0
+    cat = read_table(tmp_path / "e.fits")
+    members = np.stack([probs, probs2])
+    np.testing.assert_allclose(cat["p_merger"], members.mean(0), atol=1e-5)
+    np.testing.assert_allclose(cat["p_merger_std"], members.std(0, ddof=1), atol=1e-5)
+    assert set(cat["n_members"]) == {2} and cat.meta["NMEMBERS"] == 2
+
+
+@pytest.mark.parametrize("method", ["baseline", "mmd", "dann", "oracle"])
+def test_load_from_checkpoint_needs_no_other_argument(compose_cfg, sim_data_dir, tmp_path, method):
+    from hydra.utils import get_class
+
+    cfg, results = _train_tiny(compose_cfg, sim_data_dir, tmp_path / "run", f"method={method}",
+                               "trainer.max_epochs=1")
+    cls = get_class(cfg.method.module._target_)
+    module = cls.load_from_checkpoint(results["checkpoint"])
+    assert type(module) is cls and module.hparams["net"]["_target_"] == "galda.models.TinyNet"
+    stats = results["normalisation"]
+    np.testing.assert_allclose(module.norm_mean.numpy(),
+                               [stats["source"]["mean"], stats["target"]["mean"]], rtol=1e-6)
+    np.testing.assert_allclose(module.norm_std.numpy(),
+                               [stats["source"]["std"], stats["target"]["std"]], rtol=1e-6)
+    # the Lightning module and galda.load_model agree on raw images
+    x = torch.from_numpy(read_domain_images(_target_file(sim_data_dir), 8))
+    module.eval()
+    with torch.no_grad():
+        expected = module(module.normalise(x, "target")).softmax(1)[:, 1]
+        got = load_model(results["checkpoint"], calibrated=False)(x)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def read_domain_images(path: Path, n: int) -> np.ndarray:
+    from galda.data.h5format import read_domain
+
+    return read_domain(path).images[:n]

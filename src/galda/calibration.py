@@ -219,7 +219,9 @@ def source_validation_logits(net: torch.nn.Module, datamodule: Any) -> tuple[Ten
     device = next(net.parameters()).device
     logits, labels = [], []
     try:
-        for x, y in _source_validation_loader(datamodule):
+        for batch in _source_validation_loader(datamodule):
+            # evaluation batches are {"image", "label", "index"}; plain (x, y) pairs also work
+            x, y = (batch["image"], batch["label"]) if isinstance(batch, dict) else batch[:2]
             out = net(x.to(device))
             logits.append((out[1] if isinstance(out, tuple) else out).float().cpu())
             labels.append(y.cpu())

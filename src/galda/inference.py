@@ -1,9 +1,10 @@
 """Trained models as plain ``nn.Module``\\ s that classify raw images: :func:`load_model`.
 
 A galda checkpoint is self-contained: the network's Hydra config (``hyper_parameters["net"]``),
-the input shape and band names (``image_shape``, ``bands``), the per-domain normalisation
-statistics (buffers ``norm_mean`` / ``norm_std``, shape (2, C): row 0 source, row 1 target) and,
-once calibrated, the temperature (a ``temperature`` entry; see :mod:`galda.calibration`).
+the input shape and band names (the module's extra state, ``state_dict["_extra_state"]``:
+``image_shape``, ``bands``), the per-domain normalisation statistics (buffers ``norm_mean`` /
+``norm_std``, shape (2, C): row 0 source, row 1 target) and, once calibrated, the temperature (a
+top-level ``temperature`` entry; see :mod:`galda.calibration`).
 :func:`load_model` turns it into a :class:`MergerPredictor`::
 
     import galda
@@ -12,13 +13,14 @@ once calibrated, the temperature (a ``temperature`` entry; see :mod:`galda.calib
 
 The predictor holds only the network (no discriminator, optimiser or metrics), so it is also what
 ``python -m galda.export`` writes to ONNX / TorchScript. Checkpoints are pickles: load only files
-you trust.
+you trust: they are read with ``torch.load(weights_only=True)``, which runs no pickled code.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -169,12 +171,20 @@ def resolve_checkpoints(path: str | os.PathLike) -> tuple[list[Path], bool]:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load`` a Lightning checkpoint onto the CPU (a pickle: trusted files only)."""
+    """A Lightning checkpoint on the CPU; ``weights_only`` loading (tensors and plain values)."""
     path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
         raise GaldaError(f"{path}: checkpoint not found") from err
+    except pickle.UnpicklingError as err:
+        if "safe_globals" not in str(err):  # torch names the class it refused this way
+            raise GaldaError(f"{path}: not a readable checkpoint (corrupt or not a torch file)") \
+                from err
+        raise GaldaError(
+            f"{path}: holds Python objects beyond tensors and plain values, which galda does not "
+            "unpickle; re-save it from a current galda run"
+        ) from err
     except Exception as err:
         raise GaldaError(
             f"{path}: not a readable checkpoint ({type(err).__name__}: {err})"
@@ -305,8 +315,10 @@ def predictor_from_checkpoint(
         raise GaldaError(
             f"{path}: invalid stored temperature {fitted!r}; recalibrate the checkpoint"
         )
-    image_shape = hp.get("image_shape")
-    bands = hp.get("bands")
+    extra = checkpoint["state_dict"].get("_extra_state")
+    extra = extra if isinstance(extra, Mapping) else {}
+    image_shape = extra.get("image_shape") or hp.get("image_shape")
+    bands = extra.get("bands") or hp.get("bands")
     model = MergerPredictor(
         net, stats["mean"], stats["std"], temperature=temperature,
         image_shape=tuple(image_shape) if image_shape else None,
