@@ -87,7 +87,14 @@ def _machine() -> dict[str, Any]:
 
     import torch
 
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "load_average": list(os.getloadavg())}
     if torch.cuda.is_available():

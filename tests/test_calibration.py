@@ -8,6 +8,7 @@ import torch
 
 from galda.calibration import (
     MAX_TEMPERATURE,
+    apply_temperature,
     calibrate_checkpoint,
     expected_calibration_error,
     fit_temperature,
@@ -63,6 +64,14 @@ def test_fit_temperature_keeps_predictions_and_stays_bounded():
     assert fit_temperature(np.zeros((0, 2)), np.zeros(0, int)) == 1.0
     with pytest.raises(ValueError):
         fit_temperature(z, np.array([0, 1, 2, 0]))
+
+
+def test_apply_temperature_equals_softmax_of_scaled_logits():
+    logits, _ = _overconfident(50, 1.0, seed=9)
+    p = torch.softmax(torch.tensor(logits), 1)[:, 1].numpy()
+    expected = torch.softmax(torch.tensor(logits) / 2.5, 1)[:, 1].numpy()
+    np.testing.assert_allclose(apply_temperature(p, 2.5), expected, atol=1e-12)
+    assert list(apply_temperature([0.0, 1.0], 3.0)) == [0.0, 1.0]
 
 
 def _ece_reference(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:

@@ -15,7 +15,7 @@ run may look at — and stores it in the checkpoint, where :func:`galda.load_mod
 - :func:`calibrate_checkpoint` — computes source-validation logits with a checkpoint's network,
   fits ``T`` and rewrites the checkpoint (atomically) with a ``temperature`` entry;
 - :func:`expected_calibration_error`, :func:`reliability_bins`, :func:`plot_reliability` — the
-  measures the report shows per domain.
+  measures the report shows per domain; :func:`apply_temperature` calibrates stored P(merger).
 """
 
 from __future__ import annotations
@@ -98,6 +98,17 @@ def fit_temperature(logits: Any, labels: Any, max_iter: int = 100) -> float:
 
     optimiser.step(closure)
     return float(torch.exp(log_t.detach().clamp(-bound, bound)))
+
+
+def apply_temperature(probs: Any, temperature: float) -> np.ndarray:
+    """Binary P(merger) → softmax(z / T)[1] = σ(logit(p) / T), e.g. for ``predictions.npz``.
+
+    Exact for two-class softmax outputs, whose P(merger) is σ(z₁ − z₀). p = 0 and 1 stay put.
+    """
+    p = np.clip(np.asarray(probs, np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore"):
+        margin = np.log(p) - np.log1p(-p)
+    return 1.0 / (1.0 + np.exp(-margin / float(temperature)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from galda.inference import MergerPredictor
 from galda.predict.inputs import PredictInput
 
 CATALOGUE_FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits", ".fit": "fits"}
+FIGURE_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 DEFAULT_BATCH = 256
 
 
@@ -246,6 +247,9 @@ def check_output(out: str | os.PathLike, force: bool, what: str = "--out") -> Pa
     if what == "--out" and out.suffix.lower() not in CATALOGUE_FORMATS:
         raise GaldaError(f"{out}: unknown catalogue format {out.suffix!r}; end {what} in .csv, "
                          ".ecsv or .fits")
+    if what == "--gallery" and out.suffix.lower() not in FIGURE_FORMATS:
+        raise GaldaError(f"{out}: unknown figure format {out.suffix!r}; end {what} in "
+                         f"{', '.join(FIGURE_FORMATS)}")
     if out.exists() and not force:
         raise GaldaError(f"{out}: already exists; choose another {what} or pass --force")
     if out.is_dir():
