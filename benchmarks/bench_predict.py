@@ -39,8 +39,14 @@ NETS = {
     "tiny": {"_target_": "galda.models.TinyNet", "in_channels": 3},
 }
 DEFAULTS = {
-    "quick": False, "device": "cpu", "threads": None, "batch_size": 256, "repeats": None,
-    "predict_models": "deepmerge,tiny", "throughput_images": None, "memory_images": None,
+    "quick": False,
+    "device": "cpu",
+    "threads": None,
+    "batch_size": 256,
+    "repeats": None,
+    "predict_models": "deepmerge,tiny",
+    "throughput_images": None,
+    "memory_images": None,
     "memory_model": "tiny",
 }
 
@@ -58,11 +64,12 @@ def make_checkpoint(path: Path, model: str, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     net = instantiate(NETS[model]).eval()
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    state["norm_mean"] = torch.tensor([[0.1, 0.2, 0.3], [1.0, 1.1, 1.2]])
-    state["norm_std"] = torch.tensor([[0.5, 0.6, 0.7], [1.5, 1.6, 1.7]])
-    state["_extra_state"] = {"image_shape": list(SHAPE), "bands": ["g", "r", "i"]}
-    torch.save({"state_dict": state, "temperature": 1.3, "hyper_parameters": {"net": NETS[model]}},
-               path)
+    state["normaliser.mean"] = torch.tensor([[0.1, 0.2, 0.3], [1.0, 1.1, 1.2]])
+    state["normaliser.std"] = torch.tensor([[0.5, 0.6, 0.7], [1.5, 1.6, 1.7]])
+    state["normaliser._extra_state"] = {"image_shape": list(SHAPE), "bands": ["g", "r", "i"]}
+    torch.save(
+        {"state_dict": state, "temperature": 1.3, "hyper_parameters": {"net": NETS[model]}}, path
+    )
     return path
 
 
@@ -90,13 +97,18 @@ def _machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
-                       cpu)
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
+            )
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "load_average": list(os.getloadavg())}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average": list(os.getloadavg()),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -119,8 +131,9 @@ def throughput(
     dev = torch.device(device)
     predictor = load_model(ckpt).to(dev)
     data = np.load(npy)  # the bare loop gets its raw batches in memory, on the device
-    batches = [torch.from_numpy(data[s:s + batch_size]).to(dev)
-               for s in range(0, n_images, batch_size)]
+    batches = [
+        torch.from_numpy(data[s : s + batch_size]).to(dev) for s in range(0, n_images, batch_size)
+    ]
     del data
 
     def sync() -> None:
@@ -139,8 +152,15 @@ def throughput(
     def package() -> float:
         sync()
         t0 = time.perf_counter()
-        predict(ckpt, npy, out=folder / "throughput.fits", batch_size=batch_size, device=device,
-                force=True, progress=False)
+        predict(
+            ckpt,
+            npy,
+            out=folder / "throughput.fits",
+            batch_size=batch_size,
+            device=device,
+            force=True,
+            progress=False,
+        )
         sync()
         return n_images / (time.perf_counter() - t0)
 
@@ -152,8 +172,12 @@ def throughput(
         runs["predict"].append(package())
     med = {k: statistics.median(v) for k, v in runs.items()}
     return {
-        "model": model, "device": device, "images": n_images, "batch_size": batch_size,
-        "repeats": repeats, "bare_images_per_s": round(med["bare"], 1),
+        "model": model,
+        "device": device,
+        "images": n_images,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "bare_images_per_s": round(med["bare"], 1),
         "predict_images_per_s": round(med["predict"], 1),
         "ratio": round(med["predict"] / med["bare"], 3),
         "all_bare": [round(v, 1) for v in runs["bare"]],
@@ -194,11 +218,24 @@ def peak_memory(
     t0 = time.perf_counter()
     npy = make_npy(folder / f"memory_{n_images}.npy", n_images)
     made = time.perf_counter() - t0
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run(
-        [sys.executable, "-c", _MEMORY_CHILD, str(ckpt), str(npy), str(folder / "memory.fits"),
-         str(batch_size), device], capture_output=True, text=True, env=env,
+        [
+            sys.executable,
+            "-c",
+            _MEMORY_CHILD,
+            str(ckpt),
+            str(npy),
+            str(folder / "memory.fits"),
+            str(batch_size),
+            device,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"memory run failed:\n{proc.stderr[-3000:]}")
@@ -206,7 +243,10 @@ def peak_memory(
     npy.unlink()
     catalogue_mib = (folder / "memory.fits").stat().st_size / 2**20
     return {
-        "model": model, "device": device, "images": n_images, "batch_size": batch_size,
+        "model": model,
+        "device": device,
+        "images": n_images,
+        "batch_size": batch_size,
         "input_gib": round(n_images * 4 * SHAPE[0] * SHAPE[1] * SHAPE[2] / 2**30, 2),
         "input_written_s": round(made, 1),
         "baseline_rss_mib": round(child["baseline_rss_mib"], 1),
@@ -236,17 +276,24 @@ def run(args: Any) -> dict[str, Any]:
         n_tp *= 16
     n_mem = int(_opt(args, "memory_images") or (5_000 if quick else 200_000))
     models = [m for m in str(_opt(args, "predict_models")).split(",") if m]
-    report: dict[str, Any] = {"benchmark": "predict", "machine": _machine(), "quick": quick,
-                              "throughput": [], "memory": None}
+    report: dict[str, Any] = {
+        "benchmark": "predict",
+        "machine": _machine(),
+        "quick": quick,
+        "throughput": [],
+        "memory": None,
+    }
     with tempfile.TemporaryDirectory(prefix="galda-bench-predict-") as tmp:
         folder = Path(tmp)
         for model in models:
             report["throughput"].append(throughput(model, folder, n_tp, batch, repeats, device))
-        report["memory"] = peak_memory(str(_opt(args, "memory_model")), folder, n_mem, batch,
-                                       device)
+        report["memory"] = peak_memory(
+            str(_opt(args, "memory_model")), folder, n_mem, batch, device
+        )
     worst = min(r["ratio"] for r in report["throughput"])
     report["acceptance"] = {
-        "predict_vs_bare_min_ratio": worst, "ratio_ok": worst >= 0.9,
+        "predict_vs_bare_min_ratio": worst,
+        "ratio_ok": worst >= 0.9,
         "peak_beyond_model_mib": report["memory"]["peak_beyond_model_mib"],
         "memory_ok": report["memory"]["peak_beyond_model_mib"] <= 1024,
     }
@@ -260,10 +307,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (3; quick 1)")
     p.add_argument("--predict-models", default="deepmerge,tiny", help="throughput rows")
-    p.add_argument("--throughput-images", type=int, default=None,
-                   help="images per throughput pass (8 batches; quick 4; x16 on a GPU)")
-    p.add_argument("--memory-images", type=int, default=None,
-                   help="images of the memory run (200,000; quick 5,000)")
+    p.add_argument(
+        "--throughput-images",
+        type=int,
+        default=None,
+        help="images per throughput pass (8 batches; quick 4; x16 on a GPU)",
+    )
+    p.add_argument(
+        "--memory-images",
+        type=int,
+        default=None,
+        help="images of the memory run (200,000; quick 5,000)",
+    )
     p.add_argument("--memory-model", default="tiny", choices=sorted(NETS))
 
 

@@ -94,7 +94,8 @@ def test_ece_matches_reference(seed, n_bins):
     p = np.clip(0.3 * y + rng.uniform(0, 0.7, 700), 0, 1)
     p[:20] = np.round(p[:20], 1)  # values on bin edges
     assert expected_calibration_error(p, y, n_bins) == pytest.approx(
-        _ece_reference(p, y, n_bins), abs=1e-12)
+        _ece_reference(p, y, n_bins), abs=1e-12
+    )
     bins = reliability_bins(p, y, n_bins)
     assert bins["count"].sum() == len(p)
 
@@ -106,7 +107,8 @@ def test_ece_of_perfectly_calibrated_and_of_wrong_predictions():
     assert expected_calibration_error(p, y) < 0.01
     wrong = np.array([0.99, 0.01, 0.95])
     assert expected_calibration_error(wrong, np.array([0, 1, 0])) == pytest.approx(
-        (0.99 + 0.99 + 0.95) / 3)
+        (0.99 + 0.99 + 0.95) / 3
+    )
     assert math.isnan(expected_calibration_error(np.zeros(0), np.zeros(0)))
 
 
@@ -138,8 +140,10 @@ class _FakeDataModule:
 
     def val_dataloader(self):
         x, y = self._data
-        batches = [{"image": x[i:i + 16], "label": y[i:i + 16], "index": torch.arange(i, i + 16)}
-                   for i in range(0, len(y), 16)]
+        batches = [
+            {"image": x[i : i + 16], "label": y[i : i + 16], "index": torch.arange(i, i + 16)}
+            for i in range(0, len(y), 16)
+        ]
         return {"source": batches, "target": [(x * 100, 1 - y)]}  # target must not be read
 
 

@@ -43,8 +43,20 @@ def test_onnx_export_reproduces_probabilities_with_normalisation_and_temperature
 def test_torchscript_export_reproduces_probabilities(tmp_path):
     net = make_run(tmp_path / "run", seed=3, temperature=0.7)
     out = tmp_path / "m.pt"
-    assert main([str(tmp_path / "run"), "--format", "torchscript", "--out", str(out),
-                 "--domain", "source"]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "run"),
+                "--format",
+                "torchscript",
+                "--out",
+                str(out),
+                "--domain",
+                "source",
+            ]
+        )
+        == 0
+    )
     extra = {"galda.json": ""}
     loaded = torch.jit.load(str(out), _extra_files=extra)
     x = raw_images(6, seed=5)

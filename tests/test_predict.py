@@ -1,7 +1,7 @@
 """galda.load_model and python -m galda.predict: raw images in, a catalogue out.
 
 Fast tests use a hand-made checkpoint in the documented layout (network config and image shape in
-``hyper_parameters``, ``norm_mean``/``norm_std`` buffers, an optional ``temperature``); the slow
+``hyper_parameters``, ``normaliser.mean``/``std`` buffers, an optional ``temperature``); the slow
 acceptance tests train tiny models and compare the catalogue with the run's own test predictions.
 """
 
@@ -27,8 +27,9 @@ MEAN = np.array([[0.5, 1.0, 1.5], [2.0, 3.0, 4.0]])  # rows: source, target
 STD = np.array([[0.2, 0.4, 0.6], [1.5, 2.0, 2.5]])
 
 
-def make_checkpoint(path: Path, seed: int = 0, temperature: float | None = None,
-                    shape=SHAPE) -> tuple[Path, torch.nn.Module]:
+def make_checkpoint(
+    path: Path, seed: int = 0, temperature: float | None = None, shape=SHAPE
+) -> tuple[Path, torch.nn.Module]:
     """A checkpoint laid out as MergerClassifier saves one (net config in the hyper-parameters,
     normalisation buffers and the input's shape and bands in the state dict)."""
     from galda.models import TinyNet
@@ -39,9 +40,12 @@ def make_checkpoint(path: Path, seed: int = 0, temperature: float | None = None,
         net.features[1].running_mean.uniform_(-0.3, 0.3)
         net.features[1].running_var.uniform_(0.5, 2.0)
     state = {f"net.{k}": v.clone() for k, v in net.state_dict().items()}
-    state["norm_mean"] = torch.tensor(MEAN[:, : shape[0]], dtype=torch.float32)
-    state["norm_std"] = torch.tensor(STD[:, : shape[0]], dtype=torch.float32)
-    state["_extra_state"] = {"image_shape": list(shape), "bands": ["g", "r", "i"][: shape[0]]}
+    state["normaliser.mean"] = torch.tensor(MEAN[:, : shape[0]], dtype=torch.float32)
+    state["normaliser.std"] = torch.tensor(STD[:, : shape[0]], dtype=torch.float32)
+    state["normaliser._extra_state"] = {
+        "image_shape": list(shape),
+        "bands": ["g", "r", "i"][: shape[0]],
+    }
     state["discriminator.0.weight"] = torch.zeros(2, 2)  # method-owned weights are ignored
     checkpoint = {
         "state_dict": state,
@@ -57,8 +61,13 @@ def make_checkpoint(path: Path, seed: int = 0, temperature: float | None = None,
 
 def make_run(folder: Path, seed: int = 0, temperature: float | None = None) -> torch.nn.Module:
     ckpt, net = make_checkpoint(folder / "checkpoints" / "epoch1.ckpt", seed, temperature)
-    results = {"status": "complete", "method": "dann", "seed": seed, "git_commit": "abc123",
-               "checkpoint": str(ckpt.resolve())}
+    results = {
+        "status": "complete",
+        "method": "dann",
+        "seed": seed,
+        "git_commit": "abc123",
+        "checkpoint": str(ckpt.resolve()),
+    }
     (folder / "results.json").write_text(json.dumps(results))
     return net
 
@@ -98,10 +107,20 @@ def write_stamps(folder: Path, images: np.ndarray, ids=None, sky=None, wcs=False
             hdr["RA"], hdr["DEC"] = float(sky[i][0]), float(sky[i][1])
         if sky is not None and wcs:
             h, w = img.shape[1:]
-            hdr.update({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CUNIT1": "deg",
-                        "CUNIT2": "deg", "CRPIX1": (w + 1) / 2, "CRPIX2": (h + 1) / 2,
-                        "CRVAL1": float(sky[i][0]), "CRVAL2": float(sky[i][1]),
-                        "CDELT1": -1e-4, "CDELT2": 1e-4})
+            hdr.update(
+                {
+                    "CTYPE1": "RA---TAN",
+                    "CTYPE2": "DEC--TAN",
+                    "CUNIT1": "deg",
+                    "CUNIT2": "deg",
+                    "CRPIX1": (w + 1) / 2,
+                    "CRPIX2": (h + 1) / 2,
+                    "CRVAL1": float(sky[i][0]),
+                    "CRVAL2": float(sky[i][1]),
+                    "CDELT1": -1e-4,
+                    "CDELT2": 1e-4,
+                }
+            )
         path = folder / f"stamp_{i:04d}.fits"
         fits.PrimaryHDU(img, header=hdr).writeto(path)
         paths.append(path)
@@ -126,8 +145,9 @@ def test_load_model_normalises_raw_images_per_domain_and_applies_temperature(tmp
     raw = load_model(ckpt, calibrated=False)
     assert raw.temperature == 1.0 and not raw.calibrated
     with torch.no_grad():
-        np.testing.assert_allclose(raw(torch.from_numpy(x)).numpy(),
-                                   reference_probs(net, x, 1), atol=1e-6)
+        np.testing.assert_allclose(
+            raw(torch.from_numpy(x)).numpy(), reference_probs(net, x, 1), atol=1e-6
+        )
         src = load_model(ckpt, domain="source", calibrated=False)(torch.from_numpy(x)).numpy()
         logits = model.logits(torch.from_numpy(x))
     np.testing.assert_allclose(src, reference_probs(net, x, 0), atol=1e-6)
@@ -157,8 +177,9 @@ def test_load_model_run_folder_moved_and_sweep_folder(tmp_path):
     assert model.info["seed"] == 1 and model.info["git_commit"] == "abc123"
     x = raw_images(4)
     with torch.no_grad():
-        np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(),
-                                   reference_probs(net, x), atol=1e-6)
+        np.testing.assert_allclose(
+            model(torch.from_numpy(x)).numpy(), reference_probs(net, x), atol=1e-6
+        )
     members = load_model(moved)
     assert isinstance(members, list) and [m.info["seed"] for m in members] == [1, 2]
     with pytest.raises(GaldaError, match="status is 'failed'"):
@@ -194,8 +215,19 @@ def test_predict_npy_matches_the_model_row_by_row(tmp_path, suffix):
     x = raw_images(37)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / f"cat{suffix}"
-    rc = predict_main([str(ckpt), str(tmp_path / "x.npy"), "--out", str(out), "--batch-size",
-                       "8", "-q", "--device", "cpu"])
+    rc = predict_main(
+        [
+            str(ckpt),
+            str(tmp_path / "x.npy"),
+            "--out",
+            str(out),
+            "--batch-size",
+            "8",
+            "-q",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     cat = read_table(out)
     assert list(cat["row"]) == list(range(37)) and set(cat["file"]) == {"x.npy"}
@@ -218,9 +250,24 @@ def test_predict_fits_stamps_with_ids_and_sky_positions(tmp_path):
     write_stamps(tmp_path / "stamps", x, ids=ids, sky=sky)
     write_stamps(tmp_path / "wcs", x, sky=sky, wcs=True)
     out = tmp_path / "cat.fits"
-    assert predict_main([str(ckpt), str(tmp_path / "stamps"), "--out", str(out), "--id-key",
-                         "OBJID", "-q", "--gallery", str(tmp_path / "g.png"),
-                         "--gallery-size", "2"]) == 0
+    assert (
+        predict_main(
+            [
+                str(ckpt),
+                str(tmp_path / "stamps"),
+                "--out",
+                str(out),
+                "--id-key",
+                "OBJID",
+                "-q",
+                "--gallery",
+                str(tmp_path / "g.png"),
+                "--gallery-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     cat = read_table(out)
     assert list(cat["object_id"]) == list(ids)
     assert list(cat["file"]) == [f"stamp_{i:04d}.fits" for i in range(6)]
@@ -231,8 +278,10 @@ def test_predict_fits_stamps_with_ids_and_sky_positions(tmp_path):
     assert cat.meta["IDSRC"] == "FITS keyword OBJID"
     assert (tmp_path / "g.png").stat().st_size > 1000
     # no RA/DEC keywords: the WCS position of the stamp centre
-    assert predict_main([str(ckpt), str(tmp_path / "wcs"), "--out", str(tmp_path / "w.ecsv"),
-                         "-q"]) == 0
+    assert (
+        predict_main([str(ckpt), str(tmp_path / "wcs"), "--out", str(tmp_path / "w.ecsv"), "-q"])
+        == 0
+    )
     cat = read_table(tmp_path / "w.ecsv")
     np.testing.assert_allclose(cat["ra"], [s[0] for s in sky], atol=1e-9)
     np.testing.assert_allclose(cat["dec"], [s[1] for s in sky], atol=1e-9)
@@ -247,8 +296,20 @@ def test_predict_hdf5_carries_galaxy_ids_and_cube_takes_ids_from_csv(tmp_path):
     x = raw_images(11, seed=2)
     gid = np.arange(500, 511)
     write_domain(tmp_path / "target.h5", x, None, gid, attrs={"domain": "target"})
-    assert predict_main([str(ckpt), str(tmp_path / "target.h5"), "--out",
-                         str(tmp_path / "h.csv"), "-q", "--batch-size", "4"]) == 0
+    assert (
+        predict_main(
+            [
+                str(ckpt),
+                str(tmp_path / "target.h5"),
+                "--out",
+                str(tmp_path / "h.csv"),
+                "-q",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     cat = read_table(tmp_path / "h.csv")
     assert list(cat["object_id"]) == list(gid)
     np.testing.assert_allclose(cat["p_merger"], reference_probs(net, x), atol=1e-6)
@@ -258,9 +319,20 @@ def test_predict_hdf5_carries_galaxy_ids_and_cube_takes_ids_from_csv(tmp_path):
         w = csv.writer(fh)
         w.writerow(["objid", "other"])
         w.writerows([[f"SDSS-{i}", i] for i in range(11)])
-    assert predict_main([str(ckpt), str(tmp_path / "cube.fits"), "--out",
-                         str(tmp_path / "c.ecsv"), "--ids", f"{tmp_path / 'ids.csv'}:objid",
-                         "-q"]) == 0
+    assert (
+        predict_main(
+            [
+                str(ckpt),
+                str(tmp_path / "cube.fits"),
+                "--out",
+                str(tmp_path / "c.ecsv"),
+                "--ids",
+                f"{tmp_path / 'ids.csv'}:objid",
+                "-q",
+            ]
+        )
+        == 0
+    )
     cat = read_table(tmp_path / "c.ecsv")
     assert list(cat["object_id"]) == [f"SDSS-{i}" for i in range(11)]
     np.testing.assert_allclose(cat["p_merger"], reference_probs(net, x), atol=1e-6)
@@ -273,8 +345,20 @@ def test_ids_table_joined_on_filename_for_stamps(tmp_path):
         w = csv.writer(fh)
         w.writerow(["filename", "name"])
         w.writerows([["stamp_0002.fits", "c"], ["stamp_0000.fits", "a"], ["stamp_0001.fits", "b"]])
-    assert predict_main([str(ckpt), str(tmp_path / "stamps"), "--out", str(tmp_path / "o.csv"),
-                         "--ids", f"{tmp_path / 'ids.csv'}:name", "-q"]) == 0
+    assert (
+        predict_main(
+            [
+                str(ckpt),
+                str(tmp_path / "stamps"),
+                "--out",
+                str(tmp_path / "o.csv"),
+                "--ids",
+                f"{tmp_path / 'ids.csv'}:name",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert list(read_table(tmp_path / "o.csv")["object_id"]) == ["a", "b", "c"]
 
 
@@ -283,11 +367,14 @@ def test_sweep_folder_gives_ensemble_columns(tmp_path):
     x = raw_images(10, seed=3)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "e.fits"
-    assert predict_main([str(tmp_path / "sweep"), str(tmp_path / "x.npy"), "--out", str(out),
-                         "-q"]) == 0
+    assert (
+        predict_main([str(tmp_path / "sweep"), str(tmp_path / "x.npy"), "--out", str(out), "-q"])
+        == 0
+    )
     cat = read_table(out)
-    members = np.stack([reference_probs(n, x, t=1.0 + s) for n, s in zip(nets, (1, 2),
-                                                                           strict=True)])
+    members = np.stack(
+        [reference_probs(n, x, t=1.0 + s) for n, s in zip(nets, (1, 2), strict=True)]
+    )
     np.testing.assert_allclose(cat["p_merger"], members.mean(0), atol=1e-6)
     np.testing.assert_allclose(cat["p_merger_std"], members.std(0, ddof=1), atol=1e-6)
     assert set(cat["n_members"]) == {2}
@@ -317,8 +404,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str, list[str], str]]:
     ok = tmp_path / "ok.npy"
     return {
         "size": (tmp_path / "size.npy", "24×24 pixels but the model takes 20×20", [], "c.fits"),
-        "bands": (tmp_path / "bands.npy", "1 band(s) but the model was trained on 3", [],
-                  "c.fits"),
+        "bands": (tmp_path / "bands.npy", "1 band(s) but the model was trained on 3", [], "c.fits"),
         "nan": (tmp_path / "nan.npy", "non-finite pixels (NaN or inf) in row 33", [], "c.fits"),
         "nan stamp": (tmp_path / "nanstamps", "stamp_0002.fits: non-finite", [], "c.fits"),
         "rank": (tmp_path / "rank3.fits", "wrong rank", [], "c.fits"),
@@ -328,15 +414,28 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str, list[str], str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["size", "bands", "nan", "nan stamp", "rank", "id key", "ids",
-                                  "format"])
+@pytest.mark.parametrize(
+    "case", ["size", "bands", "nan", "nan stamp", "rank", "id key", "ids", "format"]
+)
 def test_mismatched_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, case):
     ckpt, _ = make_checkpoint(tmp_path / "m.ckpt")
     path, message, extra, name = _bad_inputs(tmp_path)[case]
     outdir = tmp_path / "out"
     outdir.mkdir()
-    rc = predict_main([str(ckpt), str(path), "--out", str(outdir / name), "--gallery",
-                       str(outdir / "g.png"), "-q", "--batch-size", "16", *extra])
+    rc = predict_main(
+        [
+            str(ckpt),
+            str(path),
+            "--out",
+            str(outdir / name),
+            "--gallery",
+            str(outdir / "g.png"),
+            "-q",
+            "--batch-size",
+            "16",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert len(err.splitlines()) == 1 and err.startswith("galda.predict: error: ")
@@ -351,8 +450,9 @@ def test_existing_output_is_kept_without_force(tmp_path, capsys):
     out.write_text("keep me")
     assert predict_main([str(ckpt), str(tmp_path / "x.npy"), "--out", str(out), "-q"]) == 2
     assert "already exists" in capsys.readouterr().err and out.read_text() == "keep me"
-    assert predict_main([str(ckpt), str(tmp_path / "x.npy"), "--out", str(out), "-q",
-                         "--force"]) == 0
+    assert (
+        predict_main([str(ckpt), str(tmp_path / "x.npy"), "--out", str(out), "-q", "--force"]) == 0
+    )
     assert len(read_table(out)) == 3
 
 
@@ -360,13 +460,34 @@ def test_existing_output_is_kept_without_force(tmp_path, capsys):
 def test_command_line_entry_point(tmp_path):
     ckpt, _ = make_checkpoint(tmp_path / "m.ckpt")
     np.save(tmp_path / "x.npy", raw_images(3))
-    ok = subprocess.run([sys.executable, "-m", "galda.predict", str(ckpt), str(tmp_path / "x.npy"),
-                         "--out", str(tmp_path / "c.csv")], capture_output=True, text=True)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "galda.predict",
+            str(ckpt),
+            str(tmp_path / "x.npy"),
+            "--out",
+            str(tmp_path / "c.csv"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "3 images" in ok.stderr and (tmp_path / "c.csv").exists()
-    bad = subprocess.run([sys.executable, "-m", "galda.predict", str(tmp_path / "none.ckpt"),
-                          str(tmp_path / "x.npy"), "--out", str(tmp_path / "d.csv")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "galda.predict",
+            str(tmp_path / "none.ckpt"),
+            str(tmp_path / "x.npy"),
+            "--out",
+            str(tmp_path / "d.csv"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "none.ckpt: model not found" in bad.stderr
     assert not (tmp_path / "d.csv").exists()
 
@@ -397,8 +518,14 @@ def test_text_catalogues_written_in_chunks_equal_one_pass(suffix):
 def _train_tiny(compose_cfg, data_dir, run_dir, *extra):
     from galda.train import train
 
-    cfg = compose_cfg("data=tiny", f"paths.data_dir={data_dir}", "model=tiny", "logger=none",
-                      *extra, run_dir=run_dir)
+    cfg = compose_cfg(
+        "data=tiny",
+        f"paths.data_dir={data_dir}",
+        "model=tiny",
+        "logger=none",
+        *extra,
+        run_dir=run_dir,
+    )
     return cfg, train(cfg)
 
 
@@ -413,8 +540,9 @@ def test_catalogue_equals_test_time_probabilities(compose_cfg, sim_data_dir, tmp
     from galda.data.h5format import read_domain
 
     run = tmp_path / "sweep" / "seed=1"
-    cfg, results = _train_tiny(compose_cfg, sim_data_dir, run, "method=dann",
-                               "trainer.max_epochs=2", "seed=1")
+    cfg, results = _train_tiny(
+        compose_cfg, sim_data_dir, run, "method=dann", "trainer.max_epochs=2", "seed=1"
+    )
     assert results["status"] == "complete"
     with np.load(run / "predictions.npz") as z:
         probs, index, gid = z["target_probs"], z["target_index"], z["target_galaxy_id"]
@@ -423,8 +551,21 @@ def test_catalogue_equals_test_time_probabilities(compose_cfg, sim_data_dir, tmp
     assert (domain.galaxy_id[index] == gid).all()
 
     write_stamps(tmp_path / "stamps", images, ids=gid)
-    assert predict_main([str(run), str(tmp_path / "stamps"), "--out", str(tmp_path / "s.fits"),
-                         "--id-key", "OBJID", "--no-calibration", "-q"]) == 0
+    assert (
+        predict_main(
+            [
+                str(run),
+                str(tmp_path / "stamps"),
+                "--out",
+                str(tmp_path / "s.fits"),
+                "--id-key",
+                "OBJID",
+                "--no-calibration",
+                "-q",
+            ]
+        )
+        == 0
+    )
     cat = read_table(tmp_path / "s.fits")
     np.testing.assert_allclose(cat["p_merger"], probs, atol=1e-5)
     assert list(cat["object_id"]) == list(gid)
@@ -433,14 +574,38 @@ def test_catalogue_equals_test_time_probabilities(compose_cfg, sim_data_dir, tmp
 
     np.save(tmp_path / "test.npy", images)
     (tmp_path / "ids.csv").write_text("gid\n" + "\n".join(str(g) for g in gid) + "\n")
-    assert predict_main([str(run), str(tmp_path / "test.npy"), "--out", str(tmp_path / "n.csv"),
-                         "--ids", f"{tmp_path / 'ids.csv'}:gid", "--no-calibration", "-q"]) == 0
+    assert (
+        predict_main(
+            [
+                str(run),
+                str(tmp_path / "test.npy"),
+                "--out",
+                str(tmp_path / "n.csv"),
+                "--ids",
+                f"{tmp_path / 'ids.csv'}:gid",
+                "--no-calibration",
+                "-q",
+            ]
+        )
+        == 0
+    )
     cat = read_table(tmp_path / "n.csv")
     np.testing.assert_allclose(cat["p_merger"], probs, atol=1e-5)
     assert list(cat["object_id"]) == list(gid) and list(cat["row"]) == list(range(len(gid)))
 
-    assert predict_main([str(run), str(_target_file(sim_data_dir)), "--out",
-                         str(tmp_path / "h.ecsv"), "--no-calibration", "-q"]) == 0
+    assert (
+        predict_main(
+            [
+                str(run),
+                str(_target_file(sim_data_dir)),
+                "--out",
+                str(tmp_path / "h.ecsv"),
+                "--no-calibration",
+                "-q",
+            ]
+        )
+        == 0
+    )
     cat = read_table(tmp_path / "h.ecsv")
     np.testing.assert_allclose(cat["p_merger"][index], probs, atol=1e-5)
     assert list(cat["object_id"][index]) == list(gid)
@@ -454,21 +619,40 @@ def test_catalogue_equals_test_time_probabilities(compose_cfg, sim_data_dir, tmp
     datamodule = instantiate(datamodule_config(cfg.data), _convert_="all")
     datamodule.configure_training(True, False)
     t = calibrate_checkpoint(results["checkpoint"], datamodule)
-    assert predict_main([str(run), str(tmp_path / "test.npy"), "--out", str(tmp_path / "t.csv"),
-                         "-q"]) == 0
+    assert (
+        predict_main([str(run), str(tmp_path / "test.npy"), "--out", str(tmp_path / "t.csv"), "-q"])
+        == 0
+    )
     margin = np.log(probs) - np.log1p(-probs)
     expected = 1.0 / (1.0 + np.exp(-margin / t))
     np.testing.assert_allclose(read_table(tmp_path / "t.csv")["p_merger"], expected, atol=1e-5)
 
     # a second seed makes the folder an ensemble: mean and std of the two runs' test predictions
-    _, second = _train_tiny(compose_cfg, sim_data_dir, tmp_path / "sweep" / "seed=2",
-                            "method=dann", "trainer.max_epochs=2", "seed=2")
+    _, second = _train_tiny(
+        compose_cfg,
+        sim_data_dir,
+        tmp_path / "sweep" / "seed=2",
+        "method=dann",
+        "trainer.max_epochs=2",
+        "seed=2",
+    )
     with np.load(tmp_path / "sweep" / "seed=2" / "predictions.npz") as z:
         assert (z["target_index"] == index).all()
         probs2 = z["target_probs"]
     calibrate_checkpoint(second["checkpoint"], datamodule)
-    assert predict_main([str(tmp_path / "sweep"), str(tmp_path / "test.npy"), "--out",
-                         str(tmp_path / "e.fits"), "--no-calibration", "-q"]) == 0
+    assert (
+        predict_main(
+            [
+                str(tmp_path / "sweep"),
+                str(tmp_path / "test.npy"),
+                "--out",
+                str(tmp_path / "e.fits"),
+                "--no-calibration",
+                "-q",
+            ]
+        )
+        == 0
+    )
     cat = read_table(tmp_path / "e.fits")
     members = np.stack([probs, probs2])
     np.testing.assert_allclose(cat["p_merger"], members.mean(0), atol=1e-5)
@@ -480,16 +664,21 @@ def test_catalogue_equals_test_time_probabilities(compose_cfg, sim_data_dir, tmp
 def test_load_from_checkpoint_needs_no_other_argument(compose_cfg, sim_data_dir, tmp_path, method):
     from hydra.utils import get_class
 
-    cfg, results = _train_tiny(compose_cfg, sim_data_dir, tmp_path / "run", f"method={method}",
-                               "trainer.max_epochs=1")
+    cfg, results = _train_tiny(
+        compose_cfg, sim_data_dir, tmp_path / "run", f"method={method}", "trainer.max_epochs=1"
+    )
     cls = get_class(cfg.method.module._target_)
     module = cls.load_from_checkpoint(results["checkpoint"])
     assert type(module) is cls and module.hparams["net"]["_target_"] == "galda.models.TinyNet"
     stats = results["normalisation"]
-    np.testing.assert_allclose(module.norm_mean.numpy(),
-                               [stats["source"]["mean"], stats["target"]["mean"]], rtol=1e-6)
-    np.testing.assert_allclose(module.norm_std.numpy(),
-                               [stats["source"]["std"], stats["target"]["std"]], rtol=1e-6)
+    np.testing.assert_allclose(
+        module.normaliser.mean.numpy(),
+        [stats["source"]["mean"], stats["target"]["mean"]],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        module.normaliser.std.numpy(), [stats["source"]["std"], stats["target"]["std"]], rtol=1e-6
+    )
     # the Lightning module and galda.load_model agree on raw images
     x = torch.from_numpy(read_domain_images(_target_file(sim_data_dir), 8))
     module.eval()

@@ -85,7 +85,11 @@ def fit_temperature(logits: Any, labels: Any, max_iter: int = 100) -> float:
     bound = math.log(MAX_TEMPERATURE)
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimiser = torch.optim.LBFGS(
-        [log_t], lr=1.0, max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-14,
+        [log_t],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
         line_search_fn="strong_wolfe",
     )
 
@@ -193,8 +197,13 @@ def plot_reliability(
         bins = reliability_bins(probs, labels, n_bins)
         full = bins["count"] > 0
         ece = expected_calibration_error(probs, labels, n_bins)
-        ax.plot(bins["confidence"][full], bins["accuracy"][full], marker="o", ms=3,
-                label=f"{label} (ECE {ece:.3f})")
+        ax.plot(
+            bins["confidence"][full],
+            bins["accuracy"][full],
+            marker="o",
+            ms=3,
+            label=f"{label} (ECE {ece:.3f})",
+        )
     ax.set_xlabel("confidence (probability of the predicted class)")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
@@ -275,4 +284,3 @@ def calibrate_checkpoint(ckpt_path: str | os.PathLike, datamodule: Any) -> float
     torch.save(checkpoint, buffer)
     atomic_write_bytes(path, buffer.getvalue())
     return float(temperature)
-

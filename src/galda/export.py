@@ -68,7 +68,7 @@ def provenance(model: MergerPredictor) -> dict[str, str]:
 def example_batch(model: MergerPredictor, n: int = 8, seed: int = 0) -> torch.Tensor:
     """Images at the scale of the model's domain: mean + std · N(0, 1) per channel."""
     c = model.n_channels
-    h, w = (model.image_shape[1:] if model.image_shape else (75, 75))
+    h, w = model.image_shape[1:] if model.image_shape else (75, 75)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((n, c, h, w), generator=g)
     return x * model.std.detach().cpu() + model.mean.detach().cpu()
@@ -82,9 +82,16 @@ def onnx_bytes(model: MergerPredictor, x: torch.Tensor, opset: int | None = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (x,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
+            model,
+            (x,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            verbose=False,
         )
+    assert program is not None  # returned when no file name is given
     proto = program.model_proto
     for key, value in provenance(model).items():
         entry = proto.metadata_props.add()
@@ -144,31 +151,44 @@ def export_model(
         expected = model(test).numpy()
     got = run_exported(payload, fmt, test.numpy())
     if got.shape != expected.shape:
-        raise GaldaError(f"{out}: the exported model returns shape {got.shape}, expected "
-                         f"{expected.shape}; not written")
+        raise GaldaError(
+            f"{out}: the exported model returns shape {got.shape}, expected "
+            f"{expected.shape}; not written"
+        )
     diff = float(np.max(np.abs(got - expected)))
     if not diff <= tolerance:
-        raise GaldaError(f"{out}: the exported model differs from the PyTorch one by {diff:.2e} "
-                         f"(> {tolerance:g}) on a test batch; not written")
+        raise GaldaError(
+            f"{out}: the exported model differs from the PyTorch one by {diff:.2e} "
+            f"(> {tolerance:g}) on a test batch; not written"
+        )
     atomic_write_bytes(out, payload)
     return diff
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG, description="Export a trained galda model (normalisation and calibration "
+        prog=PROG,
+        description="Export a trained galda model (normalisation and calibration "
         "included) to ONNX or TorchScript.",
         epilog="examples:\n  python -m galda.export outputs/runs/<run> --format onnx --out m.onnx\n"
-               "  python -m galda.export model.ckpt --format torchscript --out m.pt\n",
+        "  python -m galda.export model.ckpt --format torchscript --out m.pt\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL", help="checkpoint (.ckpt) or run folder")
     p.add_argument("--format", dest="fmt", choices=FORMATS, required=True)
     p.add_argument("--out", required=True, metavar="FILE", help="file to write (.onnx, .pt)")
-    p.add_argument("--domain", choices=("source", "target"), default="target",
-                   help="whose normalisation goes into the graph (default: target)")
-    p.add_argument("--no-calibration", dest="calibrated", action="store_false",
-                   help="leave the stored temperature out (raw softmax)")
+    p.add_argument(
+        "--domain",
+        choices=("source", "target"),
+        default="target",
+        help="whose normalisation goes into the graph (default: target)",
+    )
+    p.add_argument(
+        "--no-calibration",
+        dest="calibrated",
+        action="store_false",
+        help="leave the stored temperature out (raw softmax)",
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     return p
@@ -183,24 +203,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise GaldaError(f"{out}: already exists; choose another --out or pass --force")
         loaded = load_model(args.model, domain=args.domain, calibrated=args.calibrated)
         if isinstance(loaded, list):
-            raise GaldaError(f"{args.model}: a sweep folder holds {len(loaded)} runs; export one "
-                             "run folder or checkpoint at a time")
+            raise GaldaError(
+                f"{args.model}: a sweep folder holds {len(loaded)} runs; export one "
+                "run folder or checkpoint at a time"
+            )
         diff = export_model(loaded, out, args.fmt, args.opset)
     except GaldaError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except ImportError as err:
-        print(f"{PROG}: error: {err.name or err}: not installed; pip install onnx onnxscript "
-              "onnxruntime (or galda[export])", file=sys.stderr)
+        print(
+            f"{PROG}: error: {err.name or err}: not installed; pip install onnx onnxscript "
+            "onnxruntime (or galda[export])",
+            file=sys.stderr,
+        )
         return 2
     except Exception:  # noqa: BLE001 - unexpected: traceback, exit 1
         traceback.print_exc()
         return 1
-    print(f"{PROG}: wrote {out} ({args.fmt}; max |Δp| = {diff:.1e} against PyTorch on a test "
-          "batch)", file=sys.stderr)
+    print(
+        f"{PROG}: wrote {out} ({args.fmt}; max |Δp| = {diff:.1e} against PyTorch on a test batch)",
+        file=sys.stderr,
+    )
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

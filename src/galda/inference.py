@@ -1,9 +1,9 @@
 """Trained models as plain ``nn.Module``\\ s that classify raw images: :func:`load_model`.
 
 A galda checkpoint is self-contained: the network's Hydra config (``hyper_parameters["net"]``),
-the input shape and band names (the module's extra state, ``state_dict["_extra_state"]``:
-``image_shape``, ``bands``), the per-domain normalisation statistics (buffers ``norm_mean`` /
-``norm_std``, shape (2, C): row 0 source, row 1 target) and, once calibrated, the temperature (a
+and in the state dict the module's :class:`galda.models.normaliser.DomainNormaliser` — buffers
+``normaliser.mean`` / ``normaliser.std`` of shape (2, C) (row 0 source, row 1 target) and, as its
+extra state, the input's ``image_shape`` and ``bands`` — and, once calibrated, the temperature (a
 top-level ``temperature`` entry; see :mod:`galda.calibration`).
 :func:`load_model` turns it into a :class:`MergerPredictor`::
 
@@ -34,6 +34,10 @@ from galda.errors import GaldaError
 from galda.results import RESULTS_FILE
 
 DOMAINS = ("source", "target")
+#: state-dict keys of the normalisation buffers and of the input's shape and bands, current first
+#: (``galda.models.normaliser``), then the layout of the first self-contained checkpoints
+NORM_KEYS = (("normaliser.mean", "normaliser.std"), ("norm_mean", "norm_std"))
+INPUT_INFO_KEYS = ("normaliser._extra_state", "_extra_state")
 
 
 class MergerPredictor(nn.Module):
@@ -48,6 +52,10 @@ class MergerPredictor(nn.Module):
     ``bands``, ``domain``, ``temperature``, ``calibrated`` (whether a fitted T is applied),
     ``checkpoint`` (path), ``info`` (method, seed, git commit, run folder when known).
     """
+
+    mean: Tensor
+    std: Tensor
+    inv_temperature: Tensor
 
     def __init__(
         self,
@@ -97,8 +105,10 @@ class MergerPredictor(nn.Module):
         return self.logits(x).softmax(dim=1)[:, 1]
 
     def extra_repr(self) -> str:
-        return (f"domain={self.domain!r}, image_shape={self.image_shape}, "
-                f"temperature={self.temperature:.4g}, calibrated={self.calibrated}")
+        return (
+            f"domain={self.domain!r}, image_shape={self.image_shape}, "
+            f"temperature={self.temperature:.4g}, calibrated={self.calibrated}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,8 +130,10 @@ def run_checkpoint(run_dir: str | os.PathLike) -> Path:
     results = _read_results(run_dir)
     status = results.get("status")
     if status not in (None, "complete"):
-        raise GaldaError(f"{run_dir}: the run's status is {status!r}, not 'complete'; "
-                         "predict with a completed run")
+        raise GaldaError(
+            f"{run_dir}: the run's status is {status!r}, not 'complete'; "
+            "predict with a completed run"
+        )
     name = results.get("checkpoint")
     candidates: list[Path] = []
     if name:
@@ -132,10 +144,14 @@ def run_checkpoint(run_dir: str | os.PathLike) -> Path:
         if c.is_file():
             return c
     if name:
-        raise GaldaError(f"{run_dir}: checkpoint {name} named in {RESULTS_FILE} not found "
-                         f"(looked in {run_dir / 'checkpoints'})")
-    raise GaldaError(f"{run_dir}: {RESULTS_FILE} names no checkpoint (a fast_dev_run/smoke run "
-                     "saves none); train with checkpointing on")
+        raise GaldaError(
+            f"{run_dir}: checkpoint {name} named in {RESULTS_FILE} not found "
+            f"(looked in {run_dir / 'checkpoints'})"
+        )
+    raise GaldaError(
+        f"{run_dir}: {RESULTS_FILE} names no checkpoint (a fast_dev_run/smoke run "
+        "saves none); train with checkpointing on"
+    )
 
 
 def sweep_runs(folder: str | os.PathLike) -> list[Path]:
@@ -154,14 +170,18 @@ def resolve_checkpoints(path: str | os.PathLike) -> tuple[list[Path], bool]:
     if path.is_file():
         return [path], False
     if not path.exists():
-        raise GaldaError(f"{path}: model not found (give a .ckpt file, a run folder with "
-                         f"{RESULTS_FILE}, or a sweep folder)")
+        raise GaldaError(
+            f"{path}: model not found (give a .ckpt file, a run folder with "
+            f"{RESULTS_FILE}, or a sweep folder)"
+        )
     if (path / RESULTS_FILE).is_file():
         return [run_checkpoint(path)], False
     runs = sweep_runs(path)
     if not runs:
-        raise GaldaError(f"{path}: no {RESULTS_FILE} of a completed run with a checkpoint in this "
-                         "folder or below it; give a .ckpt file, a run folder or a sweep folder")
+        raise GaldaError(
+            f"{path}: no {RESULTS_FILE} of a completed run with a checkpoint in this "
+            "folder or below it; give a .ckpt file, a run folder or a sweep folder"
+        )
     return [run_checkpoint(r) for r in runs], True
 
 
@@ -179,8 +199,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise GaldaError(f"{path}: checkpoint not found") from err
     except pickle.UnpicklingError as err:
         if "safe_globals" not in str(err):  # torch names the class it refused this way
-            raise GaldaError(f"{path}: not a readable checkpoint (corrupt or not a torch file)") \
-                from err
+            raise GaldaError(
+                f"{path}: not a readable checkpoint (corrupt or not a torch file)"
+            ) from err
         raise GaldaError(
             f"{path}: holds Python objects beyond tensors and plain values, which galda does not "
             "unpickle; re-save it from a current galda run"
@@ -223,8 +244,10 @@ def _net_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
         model_cfg = (_read_results(run_dir).get("config") or {}).get("model") or {}
         if isinstance(model_cfg.get("net"), Mapping) and "_target_" in model_cfg["net"]:
             return dict(model_cfg["net"])
-    raise GaldaError(f"{path}: the checkpoint does not record its network config "
-                     "(hyper_parameters['net']); retrain with this galda version")
+    raise GaldaError(
+        f"{path}: the checkpoint does not record its network config "
+        "(hyper_parameters['net']); retrain with this galda version"
+    )
 
 
 def network_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> nn.Module:
@@ -236,17 +259,16 @@ def network_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike)
     try:
         net = instantiate(cfg)
     except Exception as err:
-        raise GaldaError(
-            f"{path}: cannot build the network {cfg.get('_target_')} ({err})"
-        ) from err
+        raise GaldaError(f"{path}: cannot build the network {cfg.get('_target_')} ({err})") from err
     weights = checkpoint["state_dict"]
     state = {k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")}
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first = str(err).splitlines()[0]
-        raise GaldaError(f"{path}: weights do not fit the network {cfg['_target_']} ({first})") \
-            from err
+        raise GaldaError(
+            f"{path}: weights do not fit the network {cfg['_target_']} ({first})"
+        ) from err
     return net.eval()
 
 
@@ -259,10 +281,12 @@ def normalisation_from_checkpoint(
     ``results.json`` (``normalisation``), for checkpoints written before the buffers existed.
     """
     state = checkpoint["state_dict"]
-    if "norm_mean" in state and "norm_std" in state:
-        mean, std = state["norm_mean"].double(), state["norm_std"].double()
-        return {d: {"mean": mean[i].tolist(), "std": std[i].tolist()}
-                for i, d in enumerate(DOMAINS)}
+    for mean_key, std_key in NORM_KEYS:
+        if mean_key in state and std_key in state:
+            mean, std = state[mean_key].double(), state[std_key].double()
+            return {
+                d: {"mean": mean[i].tolist(), "std": std[i].tolist()} for i, d in enumerate(DOMAINS)
+            }
     for value in checkpoint.values():
         if isinstance(value, Mapping) and isinstance(value.get("stats"), Mapping):
             stats = value["stats"]
@@ -274,7 +298,7 @@ def normalisation_from_checkpoint(
         if all(d in stats for d in DOMAINS):
             return {d: {k: list(stats[d][k]) for k in ("mean", "std")} for d in DOMAINS}
     raise GaldaError(
-        f"{path}: the checkpoint holds no normalisation statistics (norm_mean/norm_std)"
+        f"{path}: the checkpoint holds no normalisation statistics (normaliser.mean/std)"
     )
 
 
@@ -310,24 +334,39 @@ def predictor_from_checkpoint(
     hp = _plain(checkpoint.get("hyper_parameters", {})) or {}
     fitted = checkpoint.get("temperature")
     use_t = bool(calibrated and fitted is not None)
-    temperature = float(fitted) if use_t else 1.0
+    temperature = float(fitted) if use_t and fitted is not None else 1.0
     if not np.isfinite(temperature) or temperature <= 0:
         raise GaldaError(
             f"{path}: invalid stored temperature {fitted!r}; recalibrate the checkpoint"
         )
-    extra = checkpoint["state_dict"].get("_extra_state")
-    extra = extra if isinstance(extra, Mapping) else {}
+    extra: Mapping[str, Any] = next(
+        (
+            checkpoint["state_dict"][k]
+            for k in INPUT_INFO_KEYS
+            if isinstance(checkpoint["state_dict"].get(k), Mapping)
+        ),
+        {},
+    )
     image_shape = extra.get("image_shape") or hp.get("image_shape")
     bands = extra.get("bands") or hp.get("bands")
     model = MergerPredictor(
-        net, stats["mean"], stats["std"], temperature=temperature,
+        net,
+        stats["mean"],
+        stats["std"],
+        temperature=temperature,
         image_shape=tuple(image_shape) if image_shape else None,
-        bands=list(bands) if bands else None, domain=domain, calibrated=use_t,
-        checkpoint=str(path), info=checkpoint_info(checkpoint, path),
+        bands=list(bands) if bands else None,
+        domain=domain,
+        calibrated=use_t,
+        checkpoint=str(path),
+        info=checkpoint_info(checkpoint, path),
     )
     if model.image_shape and model.image_shape[0] != model.n_channels:
-        warnings.warn(f"{path}: image_shape {model.image_shape} disagrees with the "
-                      f"{model.n_channels}-channel normalisation", stacklevel=2)
+        warnings.warn(
+            f"{path}: image_shape {model.image_shape} disagrees with the "
+            f"{model.n_channels}-channel normalisation",
+            stacklevel=2,
+        )
     return model.eval()
 
 

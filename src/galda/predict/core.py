@@ -40,10 +40,12 @@ def check_models(models: Sequence[MergerPredictor]) -> None:
         if m.n_channels != first.n_channels or (
             m.image_shape and first.image_shape and m.image_shape != first.image_shape
         ):
-            raise GaldaError(f"{m.checkpoint}: takes {_fmt(m.image_shape or (m.n_channels,))} "
-                             f"images but {first.checkpoint} takes "
-                             f"{_fmt(first.image_shape or (first.n_channels,))}; an ensemble "
-                             "needs members trained on the same image shape")
+            raise GaldaError(
+                f"{m.checkpoint}: takes {_fmt(m.image_shape or (m.n_channels,))} "
+                f"images but {first.checkpoint} takes "
+                f"{_fmt(first.image_shape or (first.n_channels,))}; an ensemble "
+                "needs members trained on the same image shape"
+            )
 
 
 def check_compatible(inp: PredictInput, model: MergerPredictor) -> None:
@@ -123,11 +125,18 @@ def run_models(
     check_finite = inp.source.may_be_nonfinite
     starts = list(range(0, n, batch_size))
     pin = device.type == "cuda"
-    with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
-        total=n, unit="img", desc=f"classifying {inp.path.name}", disable=not progress,
-        dynamic_ncols=True, leave=False,
-    ) as bar:
-        pending = pool.submit(inp.source.read, 0, min(n, batch_size)) if starts else None
+    with (
+        ThreadPoolExecutor(max_workers=1) as pool,
+        tqdm(
+            total=n,
+            unit="img",
+            desc=f"classifying {inp.path.name}",
+            disable=not progress,
+            dynamic_ncols=True,
+            leave=False,
+        ) as bar,
+    ):
+        pending = pool.submit(inp.source.read, 0, min(n, batch_size))
         for i, start in enumerate(starts):
             stop = min(n, start + batch_size)
             x = pending.result()
@@ -141,8 +150,9 @@ def run_models(
             for j, net in enumerate(nets):
                 probs[j, start:stop] = net(xt).float().cpu().numpy()
             for key, values in inp.metadata(start, stop).items():
-                chunks.setdefault(key, []).append(_ids_column(values) if key == "object_id"
-                                                  else np.asarray(values))
+                chunks.setdefault(key, []).append(
+                    _ids_column(values) if key == "object_id" else np.asarray(values)
+                )
             bar.update(stop - start)
     meta = {key: _concatenate(parts) for key, parts in chunks.items()}
     return Predictions(probs, inp.file_column(), meta)
@@ -227,8 +237,8 @@ def build_catalogue(
     p = preds.mean.astype(np.float32)
     table["p_merger"] = p
     table["p_merger"].unit = u.dimensionless_unscaled
-    table["p_merger"].description = (
-        "P(merger)" + (", mean over ensemble members" if len(models) > 1 else "")
+    table["p_merger"].description = "P(merger)" + (
+        ", mean over ensemble members" if len(models) > 1 else ""
     )
     table["predicted_class"] = (p > threshold).astype(np.int8)
     table["predicted_class"].description = f"1 = merger (p_merger > {threshold}), 0 = non-merger"
@@ -245,11 +255,14 @@ def build_catalogue(
 def check_output(out: str | os.PathLike, force: bool, what: str = "--out") -> Path:
     out = Path(out)
     if what == "--out" and out.suffix.lower() not in CATALOGUE_FORMATS:
-        raise GaldaError(f"{out}: unknown catalogue format {out.suffix!r}; end {what} in .csv, "
-                         ".ecsv or .fits")
+        raise GaldaError(
+            f"{out}: unknown catalogue format {out.suffix!r}; end {what} in .csv, .ecsv or .fits"
+        )
     if what == "--gallery" and out.suffix.lower() not in FIGURE_FORMATS:
-        raise GaldaError(f"{out}: unknown figure format {out.suffix!r}; end {what} in "
-                         f"{', '.join(FIGURE_FORMATS)}")
+        raise GaldaError(
+            f"{out}: unknown figure format {out.suffix!r}; end {what} in "
+            f"{', '.join(FIGURE_FORMATS)}"
+        )
     if out.exists() and not force:
         raise GaldaError(f"{out}: already exists; choose another {what} or pass --force")
     if out.is_dir():
@@ -269,12 +282,12 @@ def catalogue_bytes(table: Any, out: Path, rows_per_chunk: int = 100_000) -> byt
     parts: list[bytes] = []
     for start in range(0, max(len(table), 1), rows_per_chunk):
         text = io.StringIO()
-        table[start:start + rows_per_chunk].write(text, format=fmt)
+        table[start : start + rows_per_chunk].write(text, format=fmt)
         lines = text.getvalue().splitlines(keepends=True)
         if start > 0:  # drop the repeated header: comment lines, then the column names
             body = 0
             while body < len(lines) and lines[body].startswith("#"):
                 body += 1
-            lines = lines[body + 1:]
+            lines = lines[body + 1 :]
         parts.append("".join(lines).encode("utf-8"))
     return b"".join(parts)

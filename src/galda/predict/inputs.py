@@ -140,8 +140,11 @@ def _stamp_header(path: Path) -> Any:
 
 def _header_id(path: Path, header: Any, key: str) -> Any:
     if header is None or key not in header:
-        raise IngestError(path, f"no header keyword {key} (--id-key); give ids with --ids "
-                          "TABLE.csv:COLUMN or name a keyword every stamp has")
+        raise IngestError(
+            path,
+            f"no header keyword {key} (--id-key); give ids with --ids "
+            "TABLE.csv:COLUMN or name a keyword every stamp has",
+        )
     value = header[key]
     return value.strip() if isinstance(value, str) else value
 
@@ -220,18 +223,24 @@ def read_id_table(
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise GaldaError(f"{path}: unreadable CSV ({err})") from err
     if column not in header:
-        raise GaldaError(f"{path}: no column {column!r} (columns: {', '.join(header)}); "
-                         "fix --ids TABLE.csv:COLUMN")
+        raise GaldaError(
+            f"{path}: no column {column!r} (columns: {', '.join(header)}); "
+            "fix --ids TABLE.csv:COLUMN"
+        )
     if stamp_names is not None and "filename" in header:
         by_name = {Path(r["filename"]).name: r[column] for r in rows}
         missing = [s for s in stamp_names if s not in by_name]
         if missing:
-            raise GaldaError(f"{path}: no row for stamp {missing[0]} (and {len(missing) - 1} more) "
-                             "in its filename column; list every stamp of the folder")
+            raise GaldaError(
+                f"{path}: no row for stamp {missing[0]} (and {len(missing) - 1} more) "
+                "in its filename column; list every stamp of the folder"
+            )
         return _typed([by_name[s] for s in stamp_names])
     if len(rows) != n:
-        raise GaldaError(f"{path}: {len(rows)} ids for {n} images in {input_name}; the table needs "
-                         "one row per image, in input order (or a filename column for stamps)")
+        raise GaldaError(
+            f"{path}: {len(rows)} ids for {n} images in {input_name}; the table needs "
+            "one row per image, in input order (or a filename column for stamps)"
+        )
     return _typed([r[column] for r in rows])
 
 
@@ -250,8 +259,10 @@ def _open_hdf5(path: Path, images_key: str, id_key: str | None) -> PredictInput:
         if key is not None:
             ids = np.asarray(hdf5_read_small(path, hdf5_dataset(path, f, key, "object ids")))
             if ids.shape != (n,):
-                raise GaldaError(f"{path}: dataset '{key}' has shape {ids.shape}; object ids need "
-                                 f"one value per image ({n},)")
+                raise GaldaError(
+                    f"{path}: dataset '{key}' has shape {ids.shape}; object ids need "
+                    f"one value per image ({n},)"
+                )
             if ids.dtype.kind in "SO":
                 ids = ids.astype(str)
             origin = f"HDF5 dataset {key}"
@@ -261,19 +272,22 @@ def _open_hdf5(path: Path, images_key: str, id_key: str | None) -> PredictInput:
                 ra = np.asarray(hdf5_read_small(path, f[f"{prefix}ra"]), np.float64)
                 dec = np.asarray(hdf5_read_small(path, f[f"{prefix}dec"]), np.float64)
                 break
-        return PredictInput(path, "hdf5", source, ids, origin, ra, dec,
-                            extra={"closer": f.close})
+        return PredictInput(path, "hdf5", source, ids, origin, ra, dec, extra={"closer": f.close})
     except BaseException:
         f.close()
         raise
 
 
 def _stamp_files(folder: Path) -> list[Path]:
-    paths = sorted(p for p in folder.iterdir()
-                   if p.is_file() and _has_suffix(p, STAMP_SUFFIXES) and not p.name.startswith("."))
+    paths = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and _has_suffix(p, STAMP_SUFFIXES) and not p.name.startswith(".")
+    )
     if not paths:
-        raise GaldaError(f"{folder}: no stamp files (*.fits, *.fit, *.fits.gz, *.fz, *.npy) in "
-                         "this folder")
+        raise GaldaError(
+            f"{folder}: no stamp files (*.fits, *.fit, *.fits.gz, *.fz, *.npy) in this folder"
+        )
     return paths
 
 
@@ -300,12 +314,16 @@ def open_input(
     elif _has_suffix(path, FITS_SUFFIXES):
         inp = PredictInput(path, "fits-cube", fits_cube(path))
     else:
-        raise GaldaError(f"{path}: unknown input type; give an .h5/.hdf5 file, an .npy array, a "
-                         "FITS cube (.fits) or a folder of stamps")
+        raise GaldaError(
+            f"{path}: unknown input type; give an .h5/.hdf5 file, an .npy array, a "
+            "FITS cube (.fits) or a folder of stamps"
+        )
     if id_key is not None and inp.kind in ("npy", "fits-cube"):
         inp.close()
-        raise GaldaError(f"--id-key {id_key}: a {inp.kind} input has no per-image keywords; give "
-                         "ids with --ids TABLE.csv:COLUMN")
+        raise GaldaError(
+            f"--id-key {id_key}: a {inp.kind} input has no per-image keywords; give "
+            "ids with --ids TABLE.csv:COLUMN"
+        )
     if ids is not None:
         try:
             names = [p.name for p in inp.stamp_paths] if inp.stamp_paths is not None else None
