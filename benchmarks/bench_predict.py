@@ -271,7 +271,7 @@ def run(args: Any) -> dict[str, Any]:
         torch.set_num_threads(int(_opt(args, "threads")))
     batch = int(_opt(args, "batch_size"))
     repeats = int(_opt(args, "repeats") or (1 if quick else 3))
-    n_tp = int(_opt(args, "throughput_images") or (4 * batch if quick else 8 * batch))
+    n_tp = int(_opt(args, "throughput_images") or (4 * batch if quick else 16 * batch))
     if device == "cuda":
         n_tp *= 16
     n_mem = int(_opt(args, "memory_images") or (5_000 if quick else 200_000))
@@ -311,7 +311,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--throughput-images",
         type=int,
         default=None,
-        help="images per throughput pass (8 batches; quick 4; x16 on a GPU)",
+        help="images per throughput pass (16 batches; quick 4; x16 on a GPU)",
     )
     p.add_argument(
         "--memory-images",

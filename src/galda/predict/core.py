@@ -240,7 +240,7 @@ def build_catalogue(
     table["p_merger"].description = "P(merger)" + (
         ", mean over ensemble members" if len(models) > 1 else ""
     )
-    table["predicted_class"] = (p > threshold).astype(np.int8)
+    table["predicted_class"] = (p > threshold).astype(np.uint8)
     table["predicted_class"].description = f"1 = merger (p_merger > {threshold}), 0 = non-merger"
     if len(models) > 1:
         table["p_merger_std"] = preds.probs.std(axis=0, ddof=1).astype(np.float32)

@@ -24,12 +24,15 @@ def gallery_rows(p: np.ndarray, k: int) -> dict[str, np.ndarray]:
 
 
 def display_image(img: np.ndarray) -> np.ndarray:
-    """An asinh-stretched view: RGB from the first three bands (reddest first), else grey."""
+    """An asinh-stretched view: RGB from the first three bands (reddest first), else grey.
+
+    Each band is scaled between its own 1st and 99.5th percentiles (bands differ in units)."""
     img = np.nan_to_num(np.asarray(img, np.float64))
     planes = img[:3][::-1] if img.shape[0] >= 3 else img[:1]
-    lo = np.percentile(planes, 1)
-    hi = np.percentile(planes, 99.5)
-    scaled = np.arcsinh(np.clip((planes - lo) / max(hi - lo, 1e-12), 0, None) * 10) / np.arcsinh(10)
+    lo = np.percentile(planes, 1, axis=(1, 2), keepdims=True)
+    hi = np.percentile(planes, 99.5, axis=(1, 2), keepdims=True)
+    unit = np.clip((planes - lo) / np.maximum(hi - lo, 1e-12), 0, None)
+    scaled = np.arcsinh(unit * 10) / np.arcsinh(10)
     scaled = np.clip(scaled, 0, 1)
     return np.moveaxis(scaled, 0, -1) if scaled.shape[0] == 3 else scaled[0]
 
@@ -49,7 +52,7 @@ def write_gallery(
 
     rows = gallery_rows(p, k)
     ncol = len(next(iter(rows.values())))
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.6 * ncol, 1.85 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.6 * ncol, 2.1 * len(rows)), squeeze=False)
     for r, (title, idx) in enumerate(rows.items()):
         for c in range(ncol):
             ax = axes[r, c]
