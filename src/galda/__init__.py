@@ -9,3 +9,12 @@ __version__ = "0.1.0"
 from galda.resolvers import register as _register_resolvers
 
 _register_resolvers()
+
+
+def __getattr__(name: str):
+    # galda.load_model without importing torch on `import galda`
+    if name == "load_model":
+        from galda.inference import load_model
+
+        return load_model
+    raise AttributeError(f"module 'galda' has no attribute {name!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import mmap
 import os
 import warnings
 from pathlib import Path
@@ -89,6 +90,7 @@ class ArraySource(ImageSource):
                 self.path, f"corrupt or truncated data in rows {start}:{stop} ({err})"
             ) from err
         out = raw.astype(np.float32)
+        release_mapped_pages(raw)
         if self.scale != 1.0 or self.zero != 0.0:
             out = (out * np.float32(self.scale) + np.float32(self.zero)).astype(np.float32)
         if self.blank is not None:
@@ -99,6 +101,40 @@ class ArraySource(ImageSource):
         if self._closer is not None:
             self._closer()
             self._closer = None
+
+
+def _mapping_of(array: np.ndarray) -> Any:
+    """The ``mmap.mmap`` behind a memory-mapped array (``np.memmap`` or astropy FITS data)."""
+    obj: Any = array
+    while obj is not None:
+        mm = getattr(obj, "_mmap", None)
+        if mm is not None:
+            return mm
+        if isinstance(obj, mmap.mmap):
+            return obj
+        obj = getattr(obj, "base", None)
+    return None
+
+
+def release_mapped_pages(rows: np.ndarray) -> None:
+    """Drop already-copied rows of a memory map from this process's resident set.
+
+    Pages of a file mapping stay mapped (and counted in the RSS) once touched, so reading a large
+    file front to back would grow the resident set to the file's size; ``MADV_DONTNEED`` unmaps
+    them (the data stay in the page cache). No-op for arrays that are not memory-mapped.
+    """
+    mm = _mapping_of(rows)
+    if mm is None or not rows.flags.c_contiguous or rows.nbytes == 0:
+        return
+    try:
+        base = np.frombuffer(mm, dtype=np.uint8).__array_interface__["data"][0]
+        start = rows.__array_interface__["data"][0] - base
+        aligned = start - start % mmap.PAGESIZE
+        length = min(start + rows.nbytes, len(mm)) - aligned
+        if aligned >= 0 and length > 0:
+            mm.madvise(mmap.MADV_DONTNEED, aligned, length)
+    except (AttributeError, ValueError, TypeError, OSError, BufferError):
+        pass  # an optimisation only: platforms without madvise keep the pages mapped
 
 
 class StampSource(ImageSource):

@@ -1,0 +1,93 @@
+"""Classify images with a trained model and write a catalogue: ``python -m galda.predict``.
+
+Library::
+
+    from galda.predict import predict
+    table = predict("outputs/runs/<run>", "survey/stamps/", out="catalogue.fits", id_key="OBJID")
+
+See ``docs/predict.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from galda.errors import GaldaError
+from galda.predict.core import (
+    Predictions,
+    build_catalogue,
+    catalogue_bytes,
+    check_compatible,
+    check_models,
+    check_output,
+    run_models,
+)
+from galda.predict.inputs import PredictInput, open_input
+
+__all__ = [
+    "PredictInput",
+    "Predictions",
+    "build_catalogue",
+    "open_input",
+    "predict",
+    "run_models",
+]
+
+
+def predict(
+    model: str | os.PathLike,
+    input: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    domain: str = "target",
+    calibrated: bool = True,
+    threshold: float = 0.5,
+    batch_size: int = 256,
+    device: str = "auto",
+    id_key: str | None = None,
+    ids: str | None = None,
+    images_key: str = "images",
+    gallery: str | os.PathLike | None = None,
+    gallery_size: int = 6,
+    force: bool = False,
+    progress: bool = True,
+) -> Any:
+    """Classify every image of ``input`` with ``model``; return the catalogue (astropy Table).
+
+    ``model``: checkpoint, run folder or sweep folder (several runs: ensemble columns). ``input``:
+    see :func:`galda.predict.inputs.open_input`. Everything that can be checked (model, input
+    shape and bands, ids, output paths) is checked before any image is classified; the catalogue
+    (``out``: .csv, .ecsv or .fits) and ``gallery`` (PNG) are written atomically after the last
+    image, so an error leaves no file behind. Raises GaldaError (or IngestError) for bad input.
+    """
+    from galda.inference import load_model
+    from galda.results import atomic_write_bytes
+
+    if not 0.0 <= threshold <= 1.0:
+        raise GaldaError(f"--threshold {threshold}: must lie in [0, 1]")
+    if batch_size < 1:
+        raise GaldaError(f"--batch-size {batch_size}: must be at least 1")
+    out_path = check_output(out, force) if out is not None else None
+    gallery_path = check_output(gallery, force, "--gallery") if gallery is not None else None
+    loaded = load_model(model, domain=domain, calibrated=calibrated)
+    models = loaded if isinstance(loaded, list) else [loaded]
+    check_models(models)
+    inp = open_input(input, id_key=id_key, ids=ids, images_key=images_key)
+    try:
+        for path in (out_path, gallery_path):
+            if path is not None and path.resolve() == inp.path.resolve():
+                raise GaldaError(f"{path}: is the input; write the output elsewhere")
+        check_compatible(inp, models[0])
+        preds = run_models(models, inp, batch_size=batch_size, device=device, progress=progress)
+        table = build_catalogue(preds, models, inp, threshold, str(model))
+        payload = catalogue_bytes(table, out_path) if out_path is not None else None
+        if gallery_path is not None:
+            from galda.predict.gallery import write_gallery
+
+            ids_col = table["object_id"] if "object_id" in table.colnames else None
+            write_gallery(gallery_path, inp, preds.mean, ids_col, gallery_size)
+        if out_path is not None and payload is not None:
+            atomic_write_bytes(out_path, payload)
+    finally:
+        inp.close()
+    return table
