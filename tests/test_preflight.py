@@ -241,7 +241,8 @@ def test_smoke_reasons():
     assert smoke_reasons(full) == []
     assert smoke_reasons({**full, "fast_dev_run": True}) == ["trainer.fast_dev_run=True"]
     assert smoke_reasons({**full, "fast_dev_run": 3}) == ["trainer.fast_dev_run=3"]
-    assert smoke_reasons({**full, "limit_train_batches": 0.25}) == ["trainer.limit_train_batches=0.25"]
+    assert smoke_reasons({**full, "limit_train_batches": 0.25}) == [
+        "trainer.limit_train_batches=0.25"]
     assert smoke_reasons({**full, "limit_val_batches": 2}) == ["trainer.limit_val_batches=2"]
     assert smoke_reasons({**full, "max_steps": 10}) == ["trainer.max_steps=10"]
     assert smoke_reasons(None) == []

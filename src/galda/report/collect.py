@@ -530,7 +530,8 @@ def aggregate(
 
         # notes, most important first
         if g.missing:
-            g.notes.append(f"seed(s) {_fmt_seeds(g.missing)} missing (no results.json of a full run)")
+            g.notes.append(f"seed(s) {_fmt_seeds(g.missing)} missing "
+                           "(no results.json of a full run)")
         for seed, err in sorted(g.failed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
             first = (err or "").strip().splitlines()[0][:160] if err else "no error message"
             g.notes.append(f"seed {'?' if seed is None else seed} failed: {first}")
