@@ -19,8 +19,7 @@ import pytorch_lightning as pl
 log = logging.getLogger("galda")
 
 
-def job_label(trainer: pl.Trainer | None = None) -> str:
-    """The job's name: Hydra's override folder name in a sweep, else the run folder's name."""
+def _hydra_label() -> str | None:
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -30,7 +29,14 @@ def job_label(trainer: pl.Trainer | None = None) -> str:
             return str(hc.job.override_dirname or f"job {hc.job.num}")
         return Path(str(hc.runtime.output_dir)).name
     except Exception:  # noqa: BLE001 - not under Hydra, or its runtime fields are unset
-        pass
+        return None
+
+
+def job_label(trainer: pl.Trainer | None = None) -> str:
+    """The job's name: Hydra's override folder name in a sweep, else the run folder's name."""
+    label = _hydra_label()
+    if label:
+        return label
     root = getattr(trainer, "default_root_dir", None) if trainer is not None else None
     return Path(root).name if root else "run"
 
