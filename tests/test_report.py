@@ -351,7 +351,7 @@ def test_corrupt_file_named_smoke_excluded_strict_fails(tmp_path, capsys):
     assert "Adversarial (DANN)" not in md.split("smoke run(s)")[0]
     assert "Adversarial" not in (out / "table1.csv").read_text()
     assert "Adversarial" not in (out / "metrics.md").read_text().split("smoke run(s)")[0]
-    assert f"1 smoke run(s) left out of every table" in md and str(smoke) in md
+    assert "1 smoke run(s) left out of every table" in md and str(smoke) in md
     assert "trainer.fast_dev_run=True" in md
     assert [r.run_dir for r in rep["smoke"]] == [smoke]
     args = [str(root), str(tmp_path / "debug"), "--out", str(out), "--no-figures"]
