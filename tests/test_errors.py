@@ -56,11 +56,12 @@ def run_checks(ctx: Ctx, cfg) -> tuple[int, str]:
     from hydra.utils import instantiate
 
     from galda.preflight import preflight, preflight_config
+    from galda.provision import datamodule_config
 
     with ctx.caplog.at_level(logging.WARNING, logger="galda"):
         try:
             preflight_config(cfg)
-            preflight(cfg, instantiate(cfg.data, _convert_="all"))
+            preflight(cfg, instantiate(datamodule_config(cfg.data), _convert_="all"))
         except GaldaError as err:
             return 2, str(err)
     return 0, ctx.caplog.text
@@ -441,8 +442,8 @@ def test_check_checkpoint(tmp_path):
     torch.save({"w": torch.zeros(2)}, foreign)
     with pytest.raises(GaldaError, match="not a Lightning checkpoint"):
         check_checkpoint(foreign)
-    with pytest.raises(GaldaError, match="ckpt_path=false"):
-        check_checkpoint(tmp_path / "absent.ckpt", option="ckpt_path")
+    with pytest.raises(GaldaError, match="checkpoint not found; give another ckpt_path"):
+        check_checkpoint(tmp_path / "absent.ckpt", ways_out="give another ckpt_path")
 
 
 # ----------------------------------------------------------------------------- failing sweeps

@@ -62,8 +62,13 @@ def _train_or_checks(cfg) -> None:
         train_module.train(cfg)
         return
     preflight_config(cfg)
-    datamodule = instantiate(cfg.data, _convert_="all")
-    preflight(cfg, datamodule)
+    preflight(cfg, _datamodule(cfg))
+
+
+def _datamodule(cfg):
+    from galda.provision import datamodule_config
+
+    return instantiate(datamodule_config(cfg.data), _convert_="all")
 
 
 def refused(cfg, kind: type[GaldaError] = GaldaError) -> str:
@@ -164,7 +169,7 @@ def test_target_monitor_warns_when_labelled(make_cfg, caplog):
 
 def _train_or_checks_fast(cfg) -> None:
     preflight_config(cfg)
-    preflight(cfg, instantiate(cfg.data, _convert_="all"))
+    preflight(cfg, _datamodule(cfg))
 
 
 def test_oracle_on_unlabelled_target_names_the_file(make_cfg, tmp_path):
@@ -228,11 +233,12 @@ def test_preflight_does_not_move_the_random_stream(make_cfg):
 
 
 def test_split_sizes_from_headers_match_the_datamodule(make_cfg):
-    cfg = make_cfg()
-    dm = instantiate(cfg.data, _convert_="all")
-    dm.setup("fit")
-    files = read_headers(dm.paths)
-    assert split_sizes(files, dm.split_fractions, dm.split_seed) == dm.split_sizes
+    for n_target, seed in ((None, 0), (40, 3)):  # paired, and a target with extra galaxies
+        cfg = make_cfg(f"data.split_seed={seed}", n_target=n_target, n_galaxies=33)
+        dm = _datamodule(cfg)
+        dm.setup("fit")
+        files = read_headers(dm.paths)
+        assert split_sizes(files, dm.split_fractions, dm.split_seed) == dm.split_sizes
 
 
 def test_smoke_reasons():

@@ -68,8 +68,8 @@ def write_sweep(folder: Path, data: str, model: str, params: dict[str, str],
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = {"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
-                                 "params": params},
+    basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    cfg = {"hydra": {"sweeper": {"_target_": basic, "params": params},
                      "overrides": {"task": list(task)}},
            "data": {"name": data}, "model": {"name": model}, "method": {"name": "baseline"},
            "seed": 1}
@@ -214,7 +214,8 @@ def test_paper_numbers_beside_ours(report):
     _, out, rep = report
     md = (out / "table1_vs_paper.md").read_text()
     assert rep["paper_markdown"] == md
-    assert md_row(md, "No domain adaptation — paper, Table 1")[1:] == ["84.8", "81.1", "52.0", "60.5"]
+    paper_row = md_row(md, "No domain adaptation — paper, Table 1")
+    assert paper_row[1:] == ["84.8", "81.1", "52.0", "60.5"]
     assert md_row(md, "Adversarial (DANN) — paper, 10 seeds")[3] == "78.9 ± 0.5 (n=10)"
     assert md_row(md, "MMD — ours")[1].endswith("(n=2) †")
     assert "— paper" not in md_row(md, "Oracle (trained with target labels) ‡ — ours")[0]

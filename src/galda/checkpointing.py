@@ -18,6 +18,7 @@ from galda.results import atomic_write_bytes
 
 #: keys every Lightning checkpoint holds
 CHECKPOINT_KEYS = ("state_dict", "epoch", "global_step")
+RESUME_WAYS_OUT = "start over with resume=false, or delete the file"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -33,14 +34,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def check_checkpoint(path: str | os.PathLike, option: str = "resume") -> dict[str, Any]:
+def check_checkpoint(path: str | os.PathLike, ways_out: str = RESUME_WAYS_OUT) -> dict[str, Any]:
     """Return the Lightning checkpoint at ``path``; raise GaldaError naming it when unusable.
 
-    A missing, truncated, corrupt or non-Lightning file is reported with the two ways out:
-    starting over (``<option>=false``) or deleting the file.
+    A missing, truncated, corrupt or non-Lightning file is reported with ``ways_out`` (for
+    ``last.ckpt``: start over with ``resume=false``, or delete the file).
     """
     path = Path(path)
-    ways_out = f"start over with {option}=false, or delete the file"
     if not path.is_file():
         raise GaldaError(f"{path}: checkpoint not found; {ways_out}")
     try:

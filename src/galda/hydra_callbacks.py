@@ -73,14 +73,15 @@ def job_outcome(run_dir: Path, since: float, user_errors: set[str] | None = None
     log_files = sorted(run_dir.glob("*.log"))
     see = f" (see {log_files[0]})" if log_files else ""
     if not path.is_file():
-        return JobOutcome(run_dir, False, "missing",
-                          f"no {RESULTS_FILE}: the job was killed or crashed before writing it{see}")
+        reason = f"no {RESULTS_FILE}: the job was killed or crashed before writing it{see}"
+        return JobOutcome(run_dir, False, "missing", reason)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         return JobOutcome(run_dir, False, "unreadable", f"unreadable {RESULTS_FILE} ({err})")
     if not isinstance(raw, dict):
-        return JobOutcome(run_dir, False, "unreadable", f"unreadable {RESULTS_FILE} (not an object)")
+        return JobOutcome(run_dir, False, "unreadable",
+                          f"unreadable {RESULTS_FILE} (not an object)")
     status = str(raw.get("status") or "unknown")
     if status == "failed":
         error = str(raw.get("error") or "no error message").strip()

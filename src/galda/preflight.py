@@ -269,9 +269,13 @@ class DomainFile:
     path: Path
     n: int
     image_shape: tuple[int, int, int]
-    labelled: bool
+    labels: np.ndarray | None
     attrs: dict[str, Any]
     galaxy_id: np.ndarray
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
 
 
 def read_headers(paths: Mapping[str, os.PathLike | str]) -> dict[str, DomainFile]:
@@ -290,7 +294,7 @@ def read_headers(paths: Mapping[str, os.PathLike | str]) -> dict[str, DomainFile
             path=path,
             n=len(dd.galaxy_id),
             image_shape=tuple(int(s) for s in dd.images.shape[1:]),  # type: ignore[arg-type]
-            labelled=dd.labels is not None,
+            labels=dd.labels,
             attrs=dict(dd.attrs),
             galaxy_id=dd.galaxy_id,
         )
@@ -300,11 +304,19 @@ def read_headers(paths: Mapping[str, os.PathLike | str]) -> dict[str, DomainFile
 def split_sizes(
     files: Mapping[str, DomainFile], fractions: Sequence[float], split_seed: int
 ) -> dict[str, dict[str, int]]:
-    """Images per domain and split, by the DataModule's galaxy split (no images needed)."""
+    """Images per domain and split, by the DataModule's galaxy split (no images needed).
+
+    Mirrors ``DomainAdaptationDataModule.setup``: ids of both domains, stratified by the source
+    labels (a test checks the two agree).
+    """
     from galda.data.datamodule import split_galaxies
 
-    ids = np.concatenate([files[d].galaxy_id for d in DOMAINS])
-    split = split_galaxies(ids, list(fractions), int(split_seed))
+    src, tgt = files["source"], files["target"]
+    ids = np.concatenate([src.galaxy_id, tgt.galaxy_id])
+    src_classes = src.labels if src.labels is not None else np.zeros(src.n, int)
+    classes = np.concatenate([src_classes, np.full(tgt.n, -1)])
+    order = np.argsort(ids, kind="stable")
+    split = split_galaxies(ids[order], list(fractions), int(split_seed), classes[order])
     return {d: {s: int(np.isin(files[d].galaxy_id, split[s]).sum()) for s in SPLITS}
             for d in DOMAINS}
 
@@ -414,9 +426,11 @@ def _labels_problems(cfg: Any, files: dict[str, DomainFile]) -> list[GaldaError]
             "(ingest it with its labels, e.g. --y y.npy)"))
     method = _get(cfg, "method.name", "?")
     if method_uses_target_labels(cfg) and not tgt.labelled:
+        # one line: such a method (the oracle) also selects on target labels
         problems.append(DataError(
             f"{tgt.path}: method={method} trains on target labels, but this target file has "
             "none; use a labelled target file or another method"))
+        return problems
     monitor = str(_get(cfg, "selection.monitor", ""))
     if monitor.startswith("val/target/") and not tgt.labelled:
         problems.append(DataError(
@@ -452,7 +466,7 @@ def _datamodule_paths(cfg: Any, datamodule: Any) -> dict[str, Path]:
 
 
 def _ensure_files(paths: dict[str, Path], datamodule: Any) -> None:
-    """Make simulated files, or raise the DataModule's 'file not found' message."""
+    """Raise the DataModule's 'file not found' message (with how to get the data) if needed."""
     if all(p.exists() for p in paths.values()):
         return
     if datamodule is not None and hasattr(datamodule, "prepare_data"):
@@ -465,10 +479,10 @@ def _ensure_files(paths: dict[str, Path], datamodule: Any) -> None:
 def preflight(cfg: DictConfig | Mapping[str, Any], datamodule: Any = None) -> None:
     """Check the config, then the config against the data files, before any training.
 
-    ``datamodule``: the run's DataModule, set up or not (its ``paths``, ``split_fractions`` and
-    ``split_seed`` are used, and ``split_sizes`` when it was set up); None → ``cfg.data``.
-    Missing simulated files are made first (``prepare_data``). Raises ConfigError / DataError
-    naming every problem; logs warnings for legal but doubtful settings.
+    ``datamodule``: the run's DataModule, best not yet set up (its ``paths``, ``split_fractions``
+    and ``split_seed`` are used, and ``split_sizes`` when it was set up); None → ``cfg.data``.
+    Simulated files must exist already (``galda.provision.ensure_data``). Raises ConfigError /
+    DataError naming every problem; logs warnings for legal but doubtful settings.
     """
     problems = _config_problems(cfg)
     if any(isinstance(p, ConfigError) and "split_fractions" in str(p) for p in problems):

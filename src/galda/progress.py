@@ -3,7 +3,7 @@
 Progress bars of parallel jobs overwrite each other, so sweeps switch them off; this callback
 keeps one readable line per job and epoch on the ``galda`` logger instead, e.g.::
 
-    [method=dann,seed=2] epoch 3/20  val/source/acc=0.812 val/source/loss=0.431  (11.9 s/epoch, 36 s)
+    [method=dann] epoch 3/20  val/source/acc=0.812 val/source/loss=0.431  (11.9 s/epoch, 36 s)
 """
 
 from __future__ import annotations

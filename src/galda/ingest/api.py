@@ -9,8 +9,9 @@ galda domain file atomically. Common keyword options (``force``, ``drop_nonfinit
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

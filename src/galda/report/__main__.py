@@ -30,7 +30,8 @@ def make_parser() -> argparse.ArgumentParser:
         description="Collect results.json files (single runs or multiruns) and rebuild Table 1 "
                     "(Markdown, CSV, LaTeX), the full metrics table and Figure 1.",
     )
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="folders searched recursively for results.json")
+    p.add_argument("dirs", nargs="+", metavar="DIR",
+                   help="folders searched recursively for results.json")
     p.add_argument("--out", "-o", default="report", help="output folder (default: ./report)")
     p.add_argument("--paper", action="store_true",
                    help="also print/write the paper's numbers beside ours (table1_vs_paper.*)")

@@ -447,7 +447,7 @@ def _order(value: str, order: tuple[str, ...]) -> tuple[int, str]:
 
 
 def method_sort_key(method: str, uses_target_labels: bool) -> tuple:
-    # label-free methods in the paper's order, then unknown methods, then anything with target labels
+    # label-free methods in the paper's order, then unknown methods, then those with target labels
     return (uses_target_labels, method == "oracle", _order(method, METHOD_ORDER))
 
 
@@ -465,7 +465,8 @@ def _stat(values: list[tuple[int | None, float]]) -> Stat:
 
 
 def _fmt_seeds(seeds: Iterable[int | None]) -> str:
-    return ", ".join("?" if s is None else str(s) for s in sorted(seeds, key=lambda s: (s is None, s or 0)))
+    ordered = sorted(seeds, key=lambda s: (s is None, s or 0))
+    return ", ".join("?" if s is None else str(s) for s in ordered)
 
 
 def aggregate(
@@ -558,5 +559,6 @@ def aggregate(
 
     return sorted(
         groups.values(),
-        key=lambda g: (g.data, model_sort_key(g.model), method_sort_key(g.method, g.uses_target_labels)),
+        key=lambda g: (g.data, model_sort_key(g.model),
+                       method_sort_key(g.method, g.uses_target_labels)),
     )
