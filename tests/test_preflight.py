@@ -103,10 +103,27 @@ def one_line(msg: str, *words: str) -> None:
      ("selection.monitor=val/source/accuracy", "not a logged metric", "val/source/acc")),
     ("selection.mode=min", ("selection.mode=min", "worst epoch", "selection.mode=max")),
     ("++method.module.transfer_weight=-1", ("method.module.transfer_weight=-1", "0 or more")),
+    ("selection.monitor=val/validator/nosuch",
+     ("selection.monitor=val/validator/nosuch", "not a logged metric", "val/validator/dev")),
+    ("selection.monitor=val/validator/snd",
+     ("selection.monitor=val/validator/snd", "no validator callback computes it",
+      "+callbacks.validators._target_=galda.validators.ValidatorCallback")),
 ])
 def test_bad_setting_refused_before_training(make_cfg, override, words):
     msg = refused(make_cfg(override), ConfigError)
     one_line(msg, *words)
+
+
+def test_validator_monitor(make_cfg):
+    callback = "+callbacks.validators._target_=galda.validators.ValidatorCallback"
+    preflight_config(make_cfg("selection.monitor=val/validator/dev", "selection.mode=min",
+                              callback))
+    msg = refused(make_cfg("selection.monitor=val/validator/dev", "selection.mode=max", callback),
+                  ConfigError)
+    one_line(msg, "keeps the worst epoch", "set selection.mode=min")
+    msg = refused(make_cfg("selection.monitor=val/validator/dev", "selection.mode=min", callback,
+                           "+callbacks.validators.names=[snd]"), ConfigError)
+    one_line(msg, "callbacks.validators.names does not include dev")
 
 
 def test_config_checks_need_no_data(compose_cfg):

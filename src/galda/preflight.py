@@ -128,6 +128,35 @@ def loggable_monitors(target_labelled: bool | None = True) -> list[str]:
     return keys
 
 
+def _validator_direction(name: str) -> str | None:
+    try:
+        from galda.validators import VALIDATORS  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    entry = VALIDATORS.get(name) if isinstance(VALIDATORS, Mapping) else None
+    return getattr(entry, "direction", None)
+
+
+def _validator_callback_problems(cfg: Any, monitor: str, name: str) -> list[GaldaError]:
+    """A validator monitor needs a configured ValidatorCallback that computes it."""
+    callbacks = _get(cfg, "callbacks") or {}
+    nodes = [
+        v for v in (callbacks.values() if hasattr(callbacks, "values") else [])
+        if v is not None and str(_get(v, "_target_", "")).endswith("ValidatorCallback")
+    ]
+    if not nodes:
+        return [ConfigError(
+            f"selection.monitor={monitor}: no validator callback computes it; add "
+            "+callbacks.validators._target_=galda.validators.ValidatorCallback (as "
+            "experiment=hpo_dann does)")]
+    names = [_get(n, "names") for n in nodes]
+    if all(ns and name not in list(ns) for ns in names):
+        return [ConfigError(
+            f"selection.monitor={monitor}: callbacks.validators.names does not include {name}; "
+            "add it")]
+    return []
+
+
 def _check_monitor(cfg: Any) -> list[GaldaError]:
     monitor = str(_get(cfg, "selection.monitor", ""))
     mode = str(_get(cfg, "selection.mode", "max"))
@@ -146,7 +175,9 @@ def _check_monitor(cfg: Any) -> list[GaldaError]:
         problems.append(ConfigError(
             f"selection.monitor={monitor}: not a logged metric; choose one of {choices}"))
         return problems
-    want = _MODE_OF.get(parts[2]) if parts[1] in DOMAINS else None
+    want = _MODE_OF.get(parts[2]) if parts[1] in DOMAINS else _validator_direction(parts[2])
+    if parts[1] == "validator":
+        problems += _validator_callback_problems(cfg, monitor, parts[2])
     if want and mode in ("min", "max") and mode != want:
         problems.append(ConfigError(
             f"selection.mode={mode} with selection.monitor={monitor} keeps the worst epoch; "

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from galda.errors import GaldaError
+from galda.errors import GaldaError, os_error_hint
 
 from .collect import parse_seeds
 from .core import build_report
@@ -54,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.validators:
         from . import validators
 
-        return validators.main(args)
+        try:
+            return validators.main(args)
+        except OSError as exc:
+            where = exc.filename or args.out
+            print(f"galda.report: error: {where}: cannot write: {os_error_hint(exc)} (--out)",
+                  file=sys.stderr)
+            return EXIT_NO_RESULTS
     try:
         rep = build_report(args.dirs, args.out, paper=args.paper, expected_seeds=args.seeds,
                            figures=args.figures)
