@@ -66,7 +66,7 @@ def _job_dirs(sweep_dir: Path, since: float) -> list[Path]:
     return sorted(found)
 
 
-def job_outcome(run_dir: Path, since: float, user_errors: set[str] | None = None) -> JobOutcome:
+def job_outcome(run_dir: Path, user_errors: set[str] | None = None) -> JobOutcome:
     """Whether the job in ``run_dir`` finished, from its ``results.json``."""
     user_errors = user_errors if user_errors is not None else _user_error_names()
     path = run_dir / RESULTS_FILE
@@ -89,10 +89,7 @@ def job_outcome(run_dir: Path, since: float, user_errors: set[str] | None = None
         code = raw.get("exit_code")
         user = code == 2 if code is not None else first.split(":")[0].strip() in user_errors
         return JobOutcome(run_dir, False, status, first, user_error=user)
-    if status in ("complete", "smoke"):
-        if path.stat().st_mtime < since and status != "complete":
-            return JobOutcome(run_dir, False, "stale",
-                              f"did not finish: its {RESULTS_FILE} is from an earlier run{see}")
+    if status in ("complete", "smoke"):  # an older file: a job skipped as already done
         return JobOutcome(run_dir, True, status)
     return JobOutcome(run_dir, False, status, f"{RESULTS_FILE} has status {status!r}")
 
@@ -103,7 +100,7 @@ def summarise_sweep(sweep_dir: str | os.PathLike, since: float = 0.0) -> list[Jo
     if not sweep_dir.is_dir():
         return []
     names = _user_error_names()
-    return [job_outcome(d, since, names) for d in _job_dirs(sweep_dir, since)]
+    return [job_outcome(d, names) for d in _job_dirs(sweep_dir, since)]
 
 
 def exit_status(outcomes: list[JobOutcome]) -> int:
