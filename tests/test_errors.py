@@ -47,8 +47,15 @@ class Ctx:
 
     def cfg(self, *overrides: str, files: tuple[Path, Path] | None = None, **pair):
         src, tgt = files or write_pair(self.tmp / "data", **pair)
-        return self.compose("data=tiny", "model=tiny", "logger=none", "data.simulate=null",
-                            f"data.source_path={src}", f"data.target_path={tgt}", *overrides)
+        return self.compose(
+            "data=tiny",
+            "model=tiny",
+            "logger=none",
+            "data.simulate=null",
+            f"data.source_path={src}",
+            f"data.target_path={tgt}",
+            *overrides,
+        )
 
 
 def run_checks(ctx: Ctx, cfg) -> tuple[int, str]:
@@ -89,9 +96,11 @@ def report(ctx: Ctx, *args: str) -> tuple[int, str]:
 
 def fail_writes(monkeypatch, code: int) -> None:
     """Every atomic write (results, report, HDF5) fails as the OS would with ``code``."""
+
     def refuse(*args, **kwargs):
-        raise OSError(code, os.strerror(code), kwargs.get("dir") or (args[2] if len(args) > 2
-                                                                      else None))
+        raise OSError(
+            code, os.strerror(code), kwargs.get("dir") or (args[2] if len(args) > 2 else None)
+        )
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
 
@@ -120,6 +129,7 @@ def _unlabelled_target(*overrides):
     def case(ctx):
         src, tgt = write_pair(ctx.tmp / "u", labelled_target=False)
         return run_checks(ctx, ctx.cfg(*overrides, files=(src, tgt)))
+
     return case
 
 
@@ -161,8 +171,15 @@ def _checkpoint_bytes() -> bytes:
     import io
 
     buf = io.BytesIO()
-    torch.save({"state_dict": {"w": torch.zeros(64, 64)}, "epoch": 3, "global_step": 30,
-                "pytorch-lightning_version": "2"}, buf)
+    torch.save(
+        {
+            "state_dict": {"w": torch.zeros(64, 64)},
+            "epoch": 3,
+            "global_step": 30,
+            "pytorch-lightning_version": "2",
+        },
+        buf,
+    )
     return buf.getvalue()
 
 
@@ -175,8 +192,10 @@ def _ingest_write_fails(code):
     def case(ctx):
         x = npy_input(ctx)
         fail_writes(ctx.monkeypatch, code)
-        return ingest(ctx, "npy", "--x", x, "--domain", "target", "--out", ctx.tmp / "o" / "t.h5",
-                      "-q")
+        return ingest(
+            ctx, "npy", "--x", x, "--domain", "target", "--out", ctx.tmp / "o" / "t.h5", "-q"
+        )
+
     return case
 
 
@@ -190,6 +209,7 @@ def _report_write_fails(code):
         runs = a_run(ctx)
         fail_writes(ctx.monkeypatch, code)
         return report(ctx, runs, "--out", ctx.tmp / "out", "--no-figures")
+
     return case
 
 
@@ -214,8 +234,11 @@ def _sweep_failed(ctx):
         job = sweep / f"seed={seed}"
         (job / ".hydra").mkdir(parents=True)
         (job / ".hydra" / "config.yaml").write_text("seed: 1\n")
-        (job / "results.json").write_text(json.dumps(
-            {"status": "failed", "error": "DataMissingError: data set 'simsim': file not found"}))
+        (job / "results.json").write_text(
+            json.dumps(
+                {"status": "failed", "error": "DataMissingError: data set 'simsim': file not found"}
+            )
+        )
     outcomes = summarise_sweep(sweep)
     return exit_status(outcomes), format_summary(outcomes, sweep)
 
@@ -273,12 +296,13 @@ def doc_rows() -> list[tuple[str, int, list[str]]]:
 def test_table_names_every_case_once():
     names = [r[0] for r in doc_rows()]
     assert len(names) == len(set(names)), "a case appears twice in docs/errors.md"
-    assert set(names) == set(CASES), (set(names) ^ set(CASES))
+    assert set(names) == set(CASES), set(names) ^ set(CASES)
 
 
 @pytest.mark.parametrize("case, status, fragments", doc_rows(), ids=[r[0] for r in doc_rows()])
-def test_documented_message(case, status, fragments, tmp_path, compose_cfg, capsys, caplog,
-                            monkeypatch):
+def test_documented_message(
+    case, status, fragments, tmp_path, compose_cfg, capsys, caplog, monkeypatch
+):
     assert fragments, f"row {case} quotes no message"
     code, message = CASES[case](Ctx(tmp_path, compose_cfg, capsys, caplog, monkeypatch))
     assert code == status, message
@@ -305,13 +329,14 @@ def test_ingest_output_equal_to_an_input_is_refused_before_work(tmp_path, capsys
     link.symlink_to(x)
     before = {p: _digest(p) for p in (x, y)}
     attempts = [
-        ["--out", x, "--force"],       # the images themselves
-        ["--out", link, "--force"],    # a link resolving to them
-        ["--out", y, "--force"],       # the labels
+        ["--out", x, "--force"],  # the images themselves
+        ["--out", link, "--force"],  # a link resolving to them
+        ["--out", y, "--force"],  # the labels
     ]
     for extra in attempts:
-        rc = main(["npy", "--x", str(x), "--y", str(y), "--domain", "source", "-q",
-                   *map(str, extra)])
+        rc = main(
+            ["npy", "--x", str(x), "--y", str(y), "--domain", "source", "-q", *map(str, extra)]
+        )
         err = capsys.readouterr().err
         assert rc == 2 and "output would replace one of the inputs" in err, err
     assert {p: _digest(p) for p in before} == before
@@ -320,15 +345,30 @@ def test_ingest_output_equal_to_an_input_is_refused_before_work(tmp_path, capsys
 
     first = ingest_npy(x, tmp_path / "s.h5", domain="source", y=y)
     digest = _digest(first)
-    rc = main(["npy", "--x", str(x), "--domain", "target", "--out", str(first), "--match",
-               str(first), "--force", "-q"])
+    rc = main(
+        [
+            "npy",
+            "--x",
+            str(x),
+            "--domain",
+            "target",
+            "--out",
+            str(first),
+            "--match",
+            str(first),
+            "--force",
+            "-q",
+        ]
+    )
     assert rc == 2 and "output would replace one of the inputs" in capsys.readouterr().err
     assert _digest(first) == digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["X.npy", "link.npy", "s.h5", "y.npy"]
 
 
-@pytest.mark.parametrize("code, words", [(errno.EACCES, "permission denied"),
-                                         (errno.ENOSPC, "no space left on the device")])
+@pytest.mark.parametrize(
+    "code, words",
+    [(errno.EACCES, "permission denied"), (errno.ENOSPC, "no space left on the device")],
+)
 def test_ingest_write_errors_leave_nothing(tmp_path, capsys, monkeypatch, code, words):
     from galda.data.h5format import DomainWriter
     from galda.ingest.cli import main
@@ -385,9 +425,14 @@ def test_ingest_unwritable_folder_refused_before_scanning(tmp_path, capsys, monk
     assert not scanned and not (tmp_path / "t.h5").exists()
 
 
-@pytest.mark.parametrize("code, words", [(errno.EACCES, "permission denied"),
-                                         (errno.EROFS, "read-only file system"),
-                                         (errno.ENOSPC, "no space left on the device")])
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        (errno.EACCES, "permission denied"),
+        (errno.EROFS, "read-only file system"),
+        (errno.ENOSPC, "no space left on the device"),
+    ],
+)
 def test_report_write_errors(tmp_path, capsys, monkeypatch, code, words):
     from galda.report.__main__ import main
     from tests.test_report import write_run
@@ -478,8 +523,11 @@ def test_sweep_summary_names_failed_jobs(tmp_path, capsys):
     cb.on_multirun_end(cfg)  # all jobs of this sweep finished: no exit, nothing printed
     assert capsys.readouterr().err == ""
 
-    _job(sweep, "method=dann,seed=1", {"status": "failed",
-                                        "error": "ConfigError: seed=-1: must be ...\nmore"})
+    _job(
+        sweep,
+        "method=dann,seed=1",
+        {"status": "failed", "error": "ConfigError: seed=-1: must be ...\nmore"},
+    )
     with pytest.raises(SystemExit) as info:
         cb.on_multirun_end(cfg)
     assert info.value.code == 2  # only bad settings failed
@@ -512,16 +560,30 @@ def test_sweep_callback_registered():
 def test_multirun_where_every_job_fails_exits_non_zero(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "galda.run", "-m", "data=simsim",
-         f"paths.data_dir={tmp_path / 'nodata'}", "seed=1,2", "logger=none",
-         f"paths.log_dir={tmp_path / 'logs'}"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env, check=False,
+        [
+            sys.executable,
+            "-m",
+            "galda.run",
+            "-m",
+            "data=simsim",
+            f"paths.data_dir={tmp_path / 'nodata'}",
+            "seed=1,2",
+            "logger=none",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+        check=False,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "2 of 2 job(s) of the sweep" in proc.stderr
     for seed in (1, 2):
-        assert re.search(rf"seed={seed}: DataMissingError: data set 'simsim': file not found",
-                         proc.stderr)
+        assert re.search(
+            rf"seed={seed}: DataMissingError: data set 'simsim': file not found", proc.stderr
+        )
     results = sorted((tmp_path / "logs").rglob("results.json"))
     assert [json.loads(p.read_text())["status"] for p in results] == ["failed", "failed"]
     assert not list((tmp_path / "logs").rglob("*.ckpt"))

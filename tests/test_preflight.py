@@ -24,20 +24,32 @@ from galda.preflight import (
 )
 
 
-def write_pair(folder: Path, n_galaxies: int = 30, size: int = 75, channels: int = 3,
-               labelled_target: bool = True, labelled_source: bool = True,
-               roles: tuple[str, str] = ("source", "target"), n_target: int | None = None,
-               seed: int = 0) -> tuple[Path, Path]:
+def write_pair(
+    folder: Path,
+    n_galaxies: int = 30,
+    size: int = 75,
+    channels: int = 3,
+    labelled_target: bool = True,
+    labelled_source: bool = True,
+    roles: tuple[str, str] = ("source", "target"),
+    n_target: int | None = None,
+    seed: int = 0,
+) -> tuple[Path, Path]:
     """Two small domain files of random images; ``roles`` are their 'domain' attributes."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []
-    for name, role, n, labelled in (("source", roles[0], n_galaxies, labelled_source),
-                                    ("target", roles[1], n_target or n_galaxies, labelled_target)):
+    for name, role, n, labelled in (
+        ("source", roles[0], n_galaxies, labelled_source),
+        ("target", roles[1], n_target or n_galaxies, labelled_target),
+    ):
         x = rng.normal(size=(n, channels, size, size)).astype(np.float32)
         y = (np.arange(n) % 2) if labelled else None
-        paths.append(write_domain(folder / f"{name}.h5", x, y, np.arange(n),
-                                  attrs={"domain": role}, overwrite=True))
+        paths.append(
+            write_domain(
+                folder / f"{name}.h5", x, y, np.arange(n), attrs={"domain": role}, overwrite=True
+            )
+        )
     return paths[0], paths[1]
 
 
@@ -45,8 +57,16 @@ def write_pair(folder: Path, n_galaxies: int = 30, size: int = 75, channels: int
 def make_cfg(compose_cfg, tmp_path):
     def _make(*overrides: str, files: tuple[Path, Path] | None = None, **pair):
         src, tgt = files or write_pair(tmp_path / "data", **pair)
-        return compose_cfg("data=tiny", "model=tiny", "logger=none", "data.simulate=null",
-                           f"data.source_path={src}", f"data.target_path={tgt}", *overrides)
+        return compose_cfg(
+            "data=tiny",
+            "model=tiny",
+            "logger=none",
+            "data.simulate=null",
+            f"data.source_path={src}",
+            f"data.target_path={tgt}",
+            *overrides,
+        )
+
     return _make
 
 
@@ -90,25 +110,37 @@ def one_line(msg: str, *words: str) -> None:
 # ------------------------------------------------------------------------- settings (no data)
 
 
-@pytest.mark.parametrize("override, words", [
-    ("data.batch_size=0", ("data.batch_size=0", "at least 1")),
-    ("data.batch_size=-4", ("data.batch_size=-4", "at least 1")),
-    ("optim.optimizer.lr=-0.001", ("optim.optimizer.lr=-0.001", "positive")),
-    ("optim.optimizer.lr=0", ("optim.optimizer.lr=0", "positive")),
-    ("seed=-1", ("seed=-1", "e.g. seed=1")),
-    ("trainer.max_epochs=0", ("trainer.max_epochs=0", "at least 1")),
-    ("data.split_fractions=[0.7,0.0,0.3]", ("data.split_fractions", "val fraction is 0")),
-    ("data.split_fractions=[0.5,0.2,0.2]", ("data.split_fractions", "summing to 1")),
-    ("selection.monitor=val/source/accuracy",
-     ("selection.monitor=val/source/accuracy", "not a logged metric", "val/source/acc")),
-    ("selection.mode=min", ("selection.mode=min", "worst epoch", "selection.mode=max")),
-    ("++method.module.transfer_weight=-1", ("method.module.transfer_weight=-1", "0 or more")),
-    ("selection.monitor=val/validator/nosuch",
-     ("selection.monitor=val/validator/nosuch", "not a logged metric", "val/validator/dev")),
-    ("selection.monitor=val/validator/snd",
-     ("selection.monitor=val/validator/snd", "no validator callback computes it",
-      "+callbacks.validators._target_=galda.validators.ValidatorCallback")),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("data.batch_size=0", ("data.batch_size=0", "at least 1")),
+        ("data.batch_size=-4", ("data.batch_size=-4", "at least 1")),
+        ("optim.optimizer.lr=-0.001", ("optim.optimizer.lr=-0.001", "positive")),
+        ("optim.optimizer.lr=0", ("optim.optimizer.lr=0", "positive")),
+        ("seed=-1", ("seed=-1", "e.g. seed=1")),
+        ("trainer.max_epochs=0", ("trainer.max_epochs=0", "at least 1")),
+        ("data.split_fractions=[0.7,0.0,0.3]", ("data.split_fractions", "val fraction is 0")),
+        ("data.split_fractions=[0.5,0.2,0.2]", ("data.split_fractions", "summing to 1")),
+        (
+            "selection.monitor=val/source/accuracy",
+            ("selection.monitor=val/source/accuracy", "not a logged metric", "val/source/acc"),
+        ),
+        ("selection.mode=min", ("selection.mode=min", "worst epoch", "selection.mode=max")),
+        ("++method.module.transfer_weight=-1", ("method.module.transfer_weight=-1", "0 or more")),
+        (
+            "selection.monitor=val/validator/nosuch",
+            ("selection.monitor=val/validator/nosuch", "not a logged metric", "val/validator/dev"),
+        ),
+        (
+            "selection.monitor=val/validator/snd",
+            (
+                "selection.monitor=val/validator/snd",
+                "no validator callback computes it",
+                "+callbacks.validators._target_=galda.validators.ValidatorCallback",
+            ),
+        ),
+    ],
+)
 def test_bad_setting_refused_before_training(make_cfg, override, words):
     msg = refused(make_cfg(override), ConfigError)
     one_line(msg, *words)
@@ -116,13 +148,22 @@ def test_bad_setting_refused_before_training(make_cfg, override, words):
 
 def test_validator_monitor(make_cfg):
     callback = "+callbacks.validators._target_=galda.validators.ValidatorCallback"
-    preflight_config(make_cfg("selection.monitor=val/validator/dev", "selection.mode=min",
-                              callback))
-    msg = refused(make_cfg("selection.monitor=val/validator/dev", "selection.mode=max", callback),
-                  ConfigError)
+    preflight_config(
+        make_cfg("selection.monitor=val/validator/dev", "selection.mode=min", callback)
+    )
+    msg = refused(
+        make_cfg("selection.monitor=val/validator/dev", "selection.mode=max", callback), ConfigError
+    )
     one_line(msg, "keeps the worst epoch", "set selection.mode=min")
-    msg = refused(make_cfg("selection.monitor=val/validator/dev", "selection.mode=min", callback,
-                           "+callbacks.validators.names=[snd]"), ConfigError)
+    msg = refused(
+        make_cfg(
+            "selection.monitor=val/validator/dev",
+            "selection.mode=min",
+            callback,
+            "+callbacks.validators.names=[snd]",
+        ),
+        ConfigError,
+    )
     one_line(msg, "callbacks.validators.names does not include dev")
 
 
@@ -217,8 +258,9 @@ def test_file_in_the_wrong_role(make_cfg, tmp_path):
 def test_same_file_for_both_domains(make_cfg, tmp_path):
     src, _ = write_pair(tmp_path / "d")
     msg = refused(make_cfg(files=(src, src)), DataError)
-    one_line(msg, str(src), "both data.source_path and data.target_path",
-             "data.allow_same_file=true")
+    one_line(
+        msg, str(src), "both data.source_path and data.target_path", "data.allow_same_file=true"
+    )
     link = tmp_path / "d" / "link.h5"
     link.symlink_to(src)
     msg = refused(make_cfg(files=(src, link)), DataError)
@@ -259,13 +301,19 @@ def test_split_sizes_from_headers_match_the_datamodule(make_cfg):
 
 
 def test_smoke_reasons():
-    full = {"fast_dev_run": False, "limit_train_batches": 1.0, "limit_val_batches": 1.0,
-            "limit_test_batches": 1.0, "max_steps": -1}
+    full = {
+        "fast_dev_run": False,
+        "limit_train_batches": 1.0,
+        "limit_val_batches": 1.0,
+        "limit_test_batches": 1.0,
+        "max_steps": -1,
+    }
     assert smoke_reasons(full) == []
     assert smoke_reasons({**full, "fast_dev_run": True}) == ["trainer.fast_dev_run=True"]
     assert smoke_reasons({**full, "fast_dev_run": 3}) == ["trainer.fast_dev_run=3"]
     assert smoke_reasons({**full, "limit_train_batches": 0.25}) == [
-        "trainer.limit_train_batches=0.25"]
+        "trainer.limit_train_batches=0.25"
+    ]
     assert smoke_reasons({**full, "limit_val_batches": 2}) == ["trainer.limit_val_batches=2"]
     assert smoke_reasons({**full, "max_steps": 10}) == ["trainer.max_steps=10"]
     assert smoke_reasons(None) == []

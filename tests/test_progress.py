@@ -52,17 +52,27 @@ def test_one_line_per_epoch(tmp_path, caplog):
     x = torch.randn(32, 4, generator=g)
     y = (x[:, 0] > 0).long()
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
-    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=1, default_root_dir=tmp_path / "myjob",
-                         callbacks=[EpochProgress()])
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=1,
+        default_root_dir=tmp_path / "myjob",
+        callbacks=[EpochProgress()],
+    )
     with caplog.at_level(logging.INFO, logger="galda"):
         trainer.fit(_Tiny(), loader, loader)
     lines = [r.getMessage() for r in caplog.records if r.name == "galda"]
     assert len(lines) == 3  # no line for the sanity check
     for epoch, line in enumerate(lines, start=1):
-        m = re.fullmatch(r"\[myjob\] epoch (\d)/3  val/source/acc=(\S+) val/source/loss=(\S+)  "
-                         r"\((\S+) s/epoch, \d+ s\)", line)
+        m = re.fullmatch(
+            r"\[myjob\] epoch (\d)/3  val/source/acc=(\S+) val/source/loss=(\S+)  "
+            r"\((\S+) s/epoch, \d+ s\)",
+            line,
+        )
         assert m, line
         assert int(m.group(1)) == epoch and 0 <= float(m.group(2)) <= 1
         assert float(m.group(3)) > 0 and float(m.group(4)) >= 0

@@ -24,8 +24,14 @@ from omegaconf import DictConfig
 from galda.results import RESULTS_FILE
 
 #: GaldaError subclasses defined in modules the sweep's parent process may not have imported
-_USER_ERROR_NAMES = {"GaldaError", "ConfigError", "DataError", "DataMissingError",
-                     "NoResultsError", "ReportWriteError"}
+_USER_ERROR_NAMES = {
+    "GaldaError",
+    "ConfigError",
+    "DataError",
+    "DataMissingError",
+    "NoResultsError",
+    "ReportWriteError",
+}
 _CLOCK_SLACK_S = 1.0  # file times vs time.time() on network file systems
 
 
@@ -80,8 +86,9 @@ def job_outcome(run_dir: Path, user_errors: set[str] | None = None) -> JobOutcom
     except (OSError, UnicodeDecodeError, ValueError) as err:
         return JobOutcome(run_dir, False, "unreadable", f"unreadable {RESULTS_FILE} ({err})")
     if not isinstance(raw, dict):
-        return JobOutcome(run_dir, False, "unreadable",
-                          f"unreadable {RESULTS_FILE} (not an object)")
+        return JobOutcome(
+            run_dir, False, "unreadable", f"unreadable {RESULTS_FILE} (not an object)"
+        )
     status = str(raw.get("status") or "unknown")
     if status == "failed":
         error = str(raw.get("error") or "no error message").strip()

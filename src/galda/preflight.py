@@ -122,9 +122,11 @@ def loggable_monitors(target_labelled: bool | None = True) -> list[str]:
     if target_labelled is not False:
         keys += [f"val/target/{m}" for m in VAL_METRICS]
     names = validator_names()
-    keys += [f"val/validator/{n}" for n in sorted(names)] if names is not None else [
-        "val/validator/<name>"
-    ]
+    keys += (
+        [f"val/validator/{n}" for n in sorted(names)]
+        if names is not None
+        else ["val/validator/<name>"]
+    )
     return keys
 
 
@@ -141,19 +143,26 @@ def _validator_callback_problems(cfg: Any, monitor: str, name: str) -> list[Gald
     """A validator monitor needs a configured ValidatorCallback that computes it."""
     callbacks = _get(cfg, "callbacks") or {}
     nodes = [
-        v for v in (callbacks.values() if hasattr(callbacks, "values") else [])
+        v
+        for v in (callbacks.values() if hasattr(callbacks, "values") else [])
         if v is not None and str(_get(v, "_target_", "")).endswith("ValidatorCallback")
     ]
     if not nodes:
-        return [ConfigError(
-            f"selection.monitor={monitor}: no validator callback computes it; add "
-            "+callbacks.validators._target_=galda.validators.ValidatorCallback (as "
-            "experiment=hpo_dann does)")]
+        return [
+            ConfigError(
+                f"selection.monitor={monitor}: no validator callback computes it; add "
+                "+callbacks.validators._target_=galda.validators.ValidatorCallback (as "
+                "experiment=hpo_dann does)"
+            )
+        ]
     names = [_get(n, "names") for n in nodes]
     if all(ns and name not in list(ns) for ns in names):
-        return [ConfigError(
-            f"selection.monitor={monitor}: callbacks.validators.names does not include {name}; "
-            "add it")]
+        return [
+            ConfigError(
+                f"selection.monitor={monitor}: callbacks.validators.names does not include {name}; "
+                "add it"
+            )
+        ]
     return []
 
 
@@ -172,16 +181,22 @@ def _check_monitor(cfg: Any) -> list[GaldaError]:
         known = names is None or parts[2] in names
     if not known:
         choices = ", ".join(loggable_monitors())
-        problems.append(ConfigError(
-            f"selection.monitor={monitor}: not a logged metric; choose one of {choices}"))
+        problems.append(
+            ConfigError(
+                f"selection.monitor={monitor}: not a logged metric; choose one of {choices}"
+            )
+        )
         return problems
     want = _MODE_OF.get(parts[2]) if parts[1] in DOMAINS else _validator_direction(parts[2])
     if parts[1] == "validator":
         problems += _validator_callback_problems(cfg, monitor, parts[2])
     if want and mode in ("min", "max") and mode != want:
-        problems.append(ConfigError(
-            f"selection.mode={mode} with selection.monitor={monitor} keeps the worst epoch; "
-            f"set selection.mode={want}"))
+        problems.append(
+            ConfigError(
+                f"selection.mode={mode} with selection.monitor={monitor} keeps the worst epoch; "
+                f"set selection.mode={want}"
+            )
+        )
     return problems
 
 
@@ -215,14 +230,19 @@ def _config_problems(cfg: Any) -> list[GaldaError]:
     seed = _get(cfg, "seed")
     s = _integer(seed)
     if s is None or not 0 <= s < 2**32:
-        problems.append(ConfigError(f"seed={seed}: must be a whole number from 0 to 2**32 - 1, "
-                                    "e.g. seed=1"))
+        problems.append(
+            ConfigError(f"seed={seed}: must be a whole number from 0 to 2**32 - 1, e.g. seed=1")
+        )
 
     bs = _get(cfg, "data.batch_size")
     b = _integer(bs)
     if b is None or b < 1:
-        problems.append(ConfigError(f"data.batch_size={bs}: must be a whole number of at least 1 "
-                                    "(images per domain per step), e.g. data.batch_size=128"))
+        problems.append(
+            ConfigError(
+                f"data.batch_size={bs}: must be a whole number of at least 1 "
+                "(images per domain per step), e.g. data.batch_size=128"
+            )
+        )
 
     workers = _get(cfg, "data.num_workers")
     if workers is not None and ((_integer(workers) or 0) < 0 or _integer(workers) is None):
@@ -230,8 +250,12 @@ def _config_problems(cfg: Any) -> list[GaldaError]:
 
     lr = _get(cfg, "optim.optimizer.lr")
     if lr is not None and ((_number(lr) or 0.0) <= 0):
-        problems.append(ConfigError(f"optim.optimizer.lr={lr}: the learning rate must be a "
-                                    "positive number, e.g. optim.optimizer.lr=1e-3"))
+        problems.append(
+            ConfigError(
+                f"optim.optimizer.lr={lr}: the learning rate must be a "
+                "positive number, e.g. optim.optimizer.lr=1e-3"
+            )
+        )
 
     tw = _get(cfg, "method.module.transfer_weight")
     if tw is not None and (_number(tw) is None or _number(tw) < 0):  # type: ignore[operator]
@@ -242,23 +266,39 @@ def _config_problems(cfg: Any) -> list[GaldaError]:
     if max_epochs is not None:
         e = _integer(max_epochs)
         if e == -1 and (max_steps is None or max_steps < 1):
-            problems.append(ConfigError("trainer.max_epochs=-1 with no trainer.max_steps trains "
-                                        "forever; set trainer.max_epochs to 1 or more"))
+            problems.append(
+                ConfigError(
+                    "trainer.max_epochs=-1 with no trainer.max_steps trains "
+                    "forever; set trainer.max_epochs to 1 or more"
+                )
+            )
         elif e is None or (e < 1 and e != -1):
-            problems.append(ConfigError(f"trainer.max_epochs={max_epochs}: must be a whole number "
-                                        "of at least 1, e.g. trainer.max_epochs=20"))
+            problems.append(
+                ConfigError(
+                    f"trainer.max_epochs={max_epochs}: must be a whole number "
+                    "of at least 1, e.g. trainer.max_epochs=20"
+                )
+            )
         else:
             min_epochs = _integer(_get(cfg, "trainer.min_epochs"))
             if min_epochs is not None and e >= 1 and min_epochs > e:
-                problems.append(ConfigError(f"trainer.min_epochs={min_epochs} is more than "
-                                            f"trainer.max_epochs={e}; lower trainer.min_epochs"))
+                problems.append(
+                    ConfigError(
+                        f"trainer.min_epochs={min_epochs} is more than "
+                        f"trainer.max_epochs={e}; lower trainer.min_epochs"
+                    )
+                )
 
     problems += _split_fraction_problems(_get(cfg, "data.split_fractions"))
 
     target = _get(cfg, "method.module._target_")
     if target and _method_class(cfg) is None:
-        problems.append(ConfigError(f"method.module._target_={target}: no such class; check the "
-                                    "method's config file (conf/method/)"))
+        problems.append(
+            ConfigError(
+                f"method.module._target_={target}: no such class; check the "
+                "method's config file (conf/method/)"
+            )
+        )
 
     problems += _check_monitor(cfg)
     return problems
@@ -270,17 +310,26 @@ def _split_fraction_problems(fractions: Any) -> list[GaldaError]:
     is_list = OmegaConf.is_list(fractions) or isinstance(fractions, (list, tuple))
     shown = str(list(fractions)) if is_list else str(fractions)
     values = [_number(f) for f in fractions] if is_list else []
-    if len(values) != 3 or any(v is None or v < 0 for v in values) or abs(
-        sum(v or 0.0 for v in values) - 1
-    ) > 1e-6:
-        return [ConfigError(f"data.split_fractions={shown}: must be three non-negative numbers "
-                            "(train, val, test) summing to 1, e.g. [0.7,0.1,0.2]")]
+    if (
+        len(values) != 3
+        or any(v is None or v < 0 for v in values)
+        or abs(sum(v or 0.0 for v in values) - 1) > 1e-6
+    ):
+        return [
+            ConfigError(
+                f"data.split_fractions={shown}: must be three non-negative numbers "
+                "(train, val, test) summing to 1, e.g. [0.7,0.1,0.2]"
+            )
+        ]
     zero = [s for s, v in zip(SPLITS, values) if v == 0]
     if zero:
-        return [ConfigError(
-            f"data.split_fractions={shown}: the {' and '.join(zero)} fraction is 0, so that "
-            "split would be empty; give every split a positive share, e.g. "
-            "data.split_fractions=[0.7,0.1,0.2]")]
+        return [
+            ConfigError(
+                f"data.split_fractions={shown}: the {' and '.join(zero)} fraction is 0, so that "
+                "split would be empty; give every split a positive share, e.g. "
+                "data.split_fractions=[0.7,0.1,0.2]"
+            )
+        ]
     return []
 
 
@@ -348,8 +397,9 @@ def split_sizes(
     classes = np.concatenate([src_classes, np.full(tgt.n, -1)])
     order = np.argsort(ids, kind="stable")
     split = split_galaxies(ids[order], list(fractions), int(split_seed), classes[order])
-    return {d: {s: int(np.isin(files[d].galaxy_id, split[s]).sum()) for s in SPLITS}
-            for d in DOMAINS}
+    return {
+        d: {s: int(np.isin(files[d].galaxy_id, split[s]).sum()) for s in SPLITS} for d in DOMAINS
+    }
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -365,20 +415,29 @@ def _role_problems(files: dict[str, DomainFile], allow_same: bool) -> list[Galda
         if allow_same:
             log.warning("data.allow_same_file=true: %s serves as both source and target", src.path)
             return []
-        return [DataError(
-            f"{src.path}: given as both data.source_path and data.target_path; give two files, "
-            "or set data.allow_same_file=true to use one file for both domains")]
+        return [
+            DataError(
+                f"{src.path}: given as both data.source_path and data.target_path; give two files, "
+                "or set data.allow_same_file=true to use one file for both domains"
+            )
+        ]
     claimed = {r: str(files[r].attrs.get("domain", "")).lower() for r in DOMAINS}
     if claimed == {"source": "target", "target": "source"}:
-        return [DataError(
-            f"{src.path} is a target file and {tgt.path} a source file (their 'domain' "
-            "attributes): data.source_path and data.target_path are swapped; exchange them")]
+        return [
+            DataError(
+                f"{src.path} is a target file and {tgt.path} a source file (their 'domain' "
+                "attributes): data.source_path and data.target_path are swapped; exchange them"
+            )
+        ]
     problems: list[GaldaError] = []
     for role, f in files.items():
         if claimed[role] in DOMAINS and claimed[role] != role:
-            problems.append(DataError(
-                f"{f.path}: a {claimed[role]} file (its 'domain' attribute) given as "
-                f"data.{role}_path; give a {role} file there"))
+            problems.append(
+                DataError(
+                    f"{f.path}: a {claimed[role]} file (its 'domain' attribute) given as "
+                    f"data.{role}_path; give a {role} file there"
+                )
+            )
     return problems
 
 
@@ -390,22 +449,31 @@ def _model_problems(cfg: Any, shape: tuple[int, int, int], where: Path) -> list[
     problems: list[GaldaError] = []
     channels = _get(cfg, "model.net.in_channels")
     if channels is not None and _integer(channels) != c:
-        problems.append(ConfigError(
-            f"model.net.in_channels={channels} but {where} has {c} band(s); set "
-            f"model.net.in_channels={c}"))
+        problems.append(
+            ConfigError(
+                f"model.net.in_channels={channels} but {where} has {c} band(s); set "
+                f"model.net.in_channels={c}"
+            )
+        )
     size = _get(cfg, "model.net.image_size")
     if size is not None and _integer(size) != h:
-        problems.append(ConfigError(
-            f"model.net.image_size={size} but the images in {where} are {h}x{w} pixels; set "
-            f"model.net.image_size={h}"))
+        problems.append(
+            ConfigError(
+                f"model.net.image_size={size} but the images in {where} are {h}x{w} pixels; set "
+                f"model.net.image_size={h}"
+            )
+        )
     if problems:
         return problems
     err = _dry_forward(net, shape)
     if err is not None:
         name = _get(cfg, "model.name", "?")
-        problems.append(ConfigError(
-            f"model={name} cannot take {c}x{h}x{w} images from {where} ({err}); choose another "
-            "model or ingest the images at another size"))
+        problems.append(
+            ConfigError(
+                f"model={name} cannot take {c}x{h}x{w} images from {where} ({err}); choose another "
+                "model or ingest the images at another size"
+            )
+        )
     return problems
 
 
@@ -440,11 +508,14 @@ def _split_problems(
             continue
         n_gal = len(np.unique(f.galaxy_id))
         frac = ", ".join(f"{s} {fractions[SPLITS.index(s)]:g}" for s in empty)
-        problems.append(DataError(
-            f"{f.path}: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} of the "
-            f"{role} domain would be empty "
-            f"({f.n} images of {n_gal} galaxies; data.split_fractions gives {frac}); use a "
-            "larger data set or raise those data.split_fractions"))
+        problems.append(
+            DataError(
+                f"{f.path}: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} of the "
+                f"{role} domain would be empty "
+                f"({f.n} images of {n_gal} galaxies; data.split_fractions gives {frac}); use a "
+                "larger data set or raise those data.split_fractions"
+            )
+        )
     return problems
 
 
@@ -452,21 +523,30 @@ def _labels_problems(cfg: Any, files: dict[str, DomainFile]) -> list[GaldaError]
     problems: list[GaldaError] = []
     src, tgt = files["source"], files["target"]
     if not src.labelled:
-        problems.append(DataError(
-            f"{src.path}: the source file has no labels; the source domain must be labelled "
-            "(ingest it with its labels, e.g. --y y.npy)"))
+        problems.append(
+            DataError(
+                f"{src.path}: the source file has no labels; the source domain must be labelled "
+                "(ingest it with its labels, e.g. --y y.npy)"
+            )
+        )
     method = _get(cfg, "method.name", "?")
     if method_uses_target_labels(cfg) and not tgt.labelled:
         # one line: such a method (the oracle) also selects on target labels
-        problems.append(DataError(
-            f"{tgt.path}: method={method} trains on target labels, but this target file has "
-            "none; use a labelled target file or another method"))
+        problems.append(
+            DataError(
+                f"{tgt.path}: method={method} trains on target labels, but this target file has "
+                "none; use a labelled target file or another method"
+            )
+        )
         return problems
     monitor = str(_get(cfg, "selection.monitor", ""))
     if monitor.startswith("val/target/") and not tgt.labelled:
-        problems.append(DataError(
-            f"{tgt.path}: selection.monitor={monitor} needs target labels, but this target file "
-            "has none; use selection.monitor=val/source/acc or a val/validator/<name>"))
+        problems.append(
+            DataError(
+                f"{tgt.path}: selection.monitor={monitor} needs target labels, but this target "
+                "file has none; use selection.monitor=val/source/acc or a val/validator/<name>"
+            )
+        )
     return problems
 
 
@@ -474,18 +554,24 @@ def _warnings(cfg: Any, files: dict[str, DomainFile]) -> list[str]:
     out = []
     monitor = str(_get(cfg, "selection.monitor", ""))
     if monitor.startswith("val/target/") and files["target"].labelled:
-        out.append(f"selection.monitor={monitor} selects the checkpoint with TARGET LABELS: this "
-                   "run's results are marked ‡ (not unsupervised domain adaptation)")
+        out.append(
+            f"selection.monitor={monitor} selects the checkpoint with TARGET LABELS: this "
+            "run's results are marked ‡ (not unsupervised domain adaptation)"
+        )
     src, tgt = files["source"], files["target"]
     shared = np.intersect1d(src.galaxy_id, tgt.galaxy_id).size
     if shared and src.n != tgt.n:
-        out.append(f"{src.path} ({src.n} images) and {tgt.path} ({tgt.n} images) share "
-                   f"{shared} galaxy ids but differ in size: the split treats equal ids as the "
-                   "same galaxy; if the domains are not paired, give them distinct galaxy ids")
+        out.append(
+            f"{src.path} ({src.n} images) and {tgt.path} ({tgt.n} images) share "
+            f"{shared} galaxy ids but differ in size: the split treats equal ids as the "
+            "same galaxy; if the domains are not paired, give them distinct galaxy ids"
+        )
     bands = {r: files[r].attrs.get("band_names") for r in DOMAINS}
     if all(isinstance(b, list) for b in bands.values()) and bands["source"] != bands["target"]:
-        out.append(f"band names differ between domains: {bands['source']} in {src.path}, "
-                   f"{bands['target']} in {tgt.path}; channels are matched by position")
+        out.append(
+            f"band names differ between domains: {bands['source']} in {src.path}, "
+            f"{bands['target']} in {tgt.path}; channels are matched by position"
+        )
     return out
 
 
@@ -527,10 +613,13 @@ def preflight(cfg: DictConfig | Mapping[str, Any], datamodule: Any = None) -> No
 
     shapes = {r: files[r].image_shape for r in DOMAINS}
     if shapes["source"] != shapes["target"]:
-        problems.append(DataError(
-            f"{files['target'].path}: images are {'x'.join(map(str, shapes['target']))} (C x H x "
-            f"W) but {files['source'].path} has {'x'.join(map(str, shapes['source']))}; both "
-            "domains need the same bands and size"))
+        problems.append(
+            DataError(
+                f"{files['target'].path}: images are {'x'.join(map(str, shapes['target']))} "
+                f"(C x H x W) but {files['source'].path} has "
+                f"{'x'.join(map(str, shapes['source']))}; both domains need the same bands and size"
+            )
+        )
     else:
         problems += _model_problems(cfg, shapes["source"], files["source"].path)
 

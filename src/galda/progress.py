@@ -83,13 +83,16 @@ class EpochProgress(pl.Callback):
         total = f"/{max_epochs}" if max_epochs is not None and max_epochs > 0 else ""
         metrics: dict[str, Any] = trainer.callback_metrics
         shown = " ".join(
-            f"{k}={_fmt(float(v))}" for k, v in sorted(metrics.items())
+            f"{k}={_fmt(float(v))}"
+            for k, v in sorted(metrics.items())
             if k.startswith(self.prefix) and getattr(v, "numel", lambda: 1)() == 1
         )
         elapsed = time.monotonic() - self._t0
         done = max(1, epoch - self._first_epoch)
-        return (f"[{self.job}] epoch {epoch}{total}  {shown or '(no metrics yet)'}  "
-                f"({elapsed / done:.1f} s/epoch, {_duration(elapsed)})")
+        return (
+            f"[{self.job}] epoch {epoch}{total}  {shown or '(no metrics yet)'}  "
+            f"({elapsed / done:.1f} s/epoch, {_duration(elapsed)})"
+        )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:

@@ -81,15 +81,15 @@ def build_report(
     """
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
-    dirs = [Path(d) for d in dirs]
+    folders = [Path(d) for d in dirs]
     seeds = parse_seeds(expected_seeds)  # type: ignore[arg-type]
-    present = [d for d in dirs if d.exists()]
+    present = [d for d in folders if d.exists()]
     runs, problems = load_runs(present)
     sweeps, sweep_problems = sweep_expectations(find_sweeps(present))
     smoke = [r for r in runs if r.smoke]
-    absent = [str(d) for d in dirs if not d.exists()]
+    absent = [str(d) for d in folders if not d.exists()]
     if len(smoke) == len(runs) and not sweeps:
-        where = ", ".join(str(d) for d in dirs) or "(no folders given)"
+        where = ", ".join(str(d) for d in folders) or "(no folders given)"
         msg = f"no results.json found under: {where}" if not runs else (
             f"only smoke runs under {where} ({len(smoke)}: fast_dev_run, limit_*_batches or "
             "max_steps); tables hold full runs only")
