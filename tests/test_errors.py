@@ -252,7 +252,9 @@ CASES: dict[str, Callable[[Ctx], tuple[int, str]]] = {
     "split-fraction-sum": setting("data.split_fractions=[0.5,0.2,0.2]"),
     "monitor-typo": setting("selection.monitor=val/source/accuracy"),
     "monitor-mode": setting("selection.mode=min"),
-    "monitor-validator-no-callback": setting("selection.monitor=val/validator/snd"),
+    "monitor-validator-no-callback": setting(
+        "selection.monitor=val/validator/snd", "callbacks.validators=null"
+    ),
     "split-too-small": _small_split,
     "image-size": setting("model=deepmerge", size=64),
     "bands": setting(channels=4),

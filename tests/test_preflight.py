@@ -131,14 +131,6 @@ def one_line(msg: str, *words: str) -> None:
             "selection.monitor=val/validator/nosuch",
             ("selection.monitor=val/validator/nosuch", "not a logged metric", "val/validator/dev"),
         ),
-        (
-            "selection.monitor=val/validator/snd",
-            (
-                "selection.monitor=val/validator/snd",
-                "no validator callback computes it",
-                "+callbacks.validators._target_=galda.validators.ValidatorCallback",
-            ),
-        ),
     ],
 )
 def test_bad_setting_refused_before_training(make_cfg, override, words):
@@ -147,24 +139,20 @@ def test_bad_setting_refused_before_training(make_cfg, override, words):
 
 
 def test_validator_monitor(make_cfg):
-    callback = "+callbacks.validators._target_=galda.validators.ValidatorCallback"
-    preflight_config(
-        make_cfg("selection.monitor=val/validator/dev", "selection.mode=min", callback)
-    )
-    msg = refused(
-        make_cfg("selection.monitor=val/validator/dev", "selection.mode=max", callback), ConfigError
-    )
+    dev = "selection.monitor=val/validator/dev"
+    preflight_config(make_cfg(dev))  # the default callbacks compute it; the mode follows it
+    preflight_config(make_cfg(dev, "selection.mode=min"))
+    msg = refused(make_cfg(dev, "selection.mode=max"), ConfigError)
     one_line(msg, "keeps the worst epoch", "set selection.mode=min")
-    msg = refused(
-        make_cfg(
-            "selection.monitor=val/validator/dev",
-            "selection.mode=min",
-            callback,
-            "+callbacks.validators.names=[snd]",
-        ),
-        ConfigError,
-    )
+    msg = refused(make_cfg(dev, "+callbacks.validators.names=[snd]"), ConfigError)
     one_line(msg, "callbacks.validators.names does not include dev")
+    msg = refused(make_cfg(dev, "callbacks.validators=null"), ConfigError)
+    one_line(
+        msg,
+        dev,
+        "no validator callback computes it",
+        "add callbacks.validators._target_=galda.validators.ValidatorCallback",
+    )
 
 
 def test_config_checks_need_no_data(compose_cfg):

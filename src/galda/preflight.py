@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from galda.errors import ConfigError, DataError, GaldaError
 
@@ -151,8 +152,8 @@ def _validator_callback_problems(cfg: Any, monitor: str, name: str) -> list[Gald
         return [
             ConfigError(
                 f"selection.monitor={monitor}: no validator callback computes it; add "
-                "+callbacks.validators._target_=galda.validators.ValidatorCallback (as "
-                "experiment=hpo_dann does)"
+                "callbacks.validators._target_=galda.validators.ValidatorCallback (the default "
+                "callbacks have it)"
             )
         ]
     names = [_get(n, "names") for n in nodes]
@@ -166,12 +167,18 @@ def _validator_callback_problems(cfg: Any, monitor: str, name: str) -> list[Gald
     return []
 
 
+def _selection_mode(cfg: Any) -> tuple[str | None, str | None]:
+    """``selection.mode`` and, when it cannot be resolved (it may follow the monitor's
+    direction through a resolver), the resolver's message instead."""
+    try:
+        return str(_get(cfg, "selection.mode", "max")), None
+    except OmegaConfBaseException as err:
+        cause = err.__cause__ if isinstance(err.__cause__, GaldaError) else err
+        return None, str(cause).splitlines()[0]
+
+
 def _check_monitor(cfg: Any) -> list[GaldaError]:
     monitor = str(_get(cfg, "selection.monitor", ""))
-    mode = str(_get(cfg, "selection.mode", "max"))
-    problems: list[GaldaError] = []
-    if mode not in ("min", "max"):
-        problems.append(ConfigError(f"selection.mode={mode}: must be max or min"))
     parts = monitor.split("/")
     known = False
     if len(parts) == 3 and parts[0] == "val" and parts[1] in DOMAINS:
@@ -179,14 +186,23 @@ def _check_monitor(cfg: Any) -> list[GaldaError]:
     elif len(parts) == 3 and parts[:2] == ["val", "validator"] and parts[2]:
         names = validator_names()
         known = names is None or parts[2] in names
-    if not known:
+    if not known:  # checked first: the mode may be derived from the monitor
         choices = ", ".join(loggable_monitors())
-        problems.append(
+        return [
             ConfigError(
                 f"selection.monitor={monitor}: not a logged metric; choose one of {choices}"
             )
+        ]
+    problems: list[GaldaError] = []
+    mode, why = _selection_mode(cfg)
+    if mode is None:
+        problems.append(
+            ConfigError(
+                f"selection.mode: cannot be worked out ({why}); set selection.mode to max or min"
+            )
         )
-        return problems
+    elif mode not in ("min", "max"):
+        problems.append(ConfigError(f"selection.mode={mode}: must be max or min"))
     want = _MODE_OF.get(parts[2]) if parts[1] in DOMAINS else _validator_direction(parts[2])
     if parts[1] == "validator":
         problems += _validator_callback_problems(cfg, monitor, parts[2])
