@@ -62,8 +62,27 @@ def write_run(root: Path, data: str, model: str, method: str, seed: int, *, fail
     return run
 
 
+def write_sweep(folder: Path, data: str, model: str, params: dict[str, str],
+                task: tuple[str, ...] = ()) -> Path:
+    """The parts of a Hydra ``multirun.yaml`` the report reads (the sweep's grid)."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    cfg = {"hydra": {"sweeper": {"_target_": basic, "params": params},
+                     "overrides": {"task": list(task)}},
+           "data": {"name": data}, "model": {"name": model}, "method": {"name": "baseline"},
+           "seed": 1}
+    path = folder / "multirun.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def make_runs(root: Path, data: str = "small", oracle: bool = True) -> Path:
     for model in MODELS:
+        # each model's sweep asked for every method and seed (one of them never wrote results)
+        write_sweep(root / "multirun" / model, data, model, {"method": "baseline,mmd,dann"},
+                    task=(f"model={model}", "seed=1,2,3"))
         for method in METHODS:
             for seed in SEEDS:
                 if (model, method, seed) == MISSING:
@@ -195,7 +214,8 @@ def test_paper_numbers_beside_ours(report):
     _, out, rep = report
     md = (out / "table1_vs_paper.md").read_text()
     assert rep["paper_markdown"] == md
-    assert md_row(md, "No domain adaptation — paper, Table 1")[1:] == ["84.8", "81.1", "52.0", "60.5"]
+    paper_row = md_row(md, "No domain adaptation — paper, Table 1")
+    assert paper_row[1:] == ["84.8", "81.1", "52.0", "60.5"]
     assert md_row(md, "Adversarial (DANN) — paper, 10 seeds")[3] == "78.9 ± 0.5 (n=10)"
     assert md_row(md, "MMD — ours")[1].endswith("(n=2) †")
     assert "— paper" not in md_row(md, "Oracle (trained with target labels) ‡ — ours")[0]
@@ -253,7 +273,7 @@ def test_several_data_sets_and_unlabelled_target(tmp_path):
 def test_cli(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main([str(empty), "--out", str(tmp_path / "o")]) == 1
+    assert main([str(empty), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "no results.json found" in err and str(empty) in err
     root = tmp_path / "runs"
@@ -265,7 +285,10 @@ def test_cli(tmp_path, capsys):
     assert "| Method |" in captured.out and "84.8" in captured.out
     assert str(tmp_path / "o" / "table1.tex") in captured.out
     assert not (tmp_path / "o" / "figure1.png").exists()
-    assert main([str(root), "--out", str(tmp_path / "o"), "--no-figures", "--strict"]) == 3
+    # each group has the one seed it ran: complete, so --strict passes
+    assert main([str(root), "--out", str(tmp_path / "o"), "--no-figures", "--strict"]) == 0
+    write_run(root, "small", "deepmerge", "mmd", 3, failed=True)
+    assert main([str(root), "--out", str(tmp_path / "o"), "--no-figures", "--strict"]) == 2
     with pytest.raises(SystemExit):
         main([str(root), "--seeds", "x-y"])
 
@@ -273,7 +296,7 @@ def test_cli(tmp_path, capsys):
 def test_module_entry_point_on_empty_dir(tmp_path):
     res = subprocess.run([sys.executable, "-m", "galda.report", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
-    assert res.returncode == 1 and "no results.json found" in res.stderr
+    assert res.returncode == 2 and "no results.json found" in res.stderr
 
 
 def test_parse_seeds():
@@ -284,3 +307,146 @@ def test_parse_seeds():
     assert parse_seeds(None) is None
     with pytest.raises(ValueError):
         parse_seeds("5-1")
+
+
+# ------------------------------------------------------- unreadable files, smoke runs, seed groups
+
+
+def _job_config(run: Path, data: str, model: str, method: str, seed: int) -> None:
+    """Hydra's saved config of a job folder (what the report falls back on)."""
+    import yaml
+
+    (run / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"name": data}, "model": {"name": model},
+         "method": {"name": method, "needs_target_labels": False}, "seed": seed,
+         "selection": {"monitor": "val/source/acc"}}))
+
+
+def make_smoke(run: Path) -> None:
+    res = json.loads((run / "results.json").read_text())
+    res["status"] = "smoke"
+    res["smoke_reasons"] = ["trainer.fast_dev_run=True"]
+    (run / "results.json").write_text(json.dumps(res))
+
+
+def test_corrupt_file_named_smoke_excluded_strict_fails(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    write_sweep(root, "small", "deepmerge", {"method": "baseline,mmd", "seed": "1,2"})
+    for method in ("baseline", "mmd"):
+        for seed in (1, 2):
+            run = write_run(root, "small", "deepmerge", method, seed)
+            _job_config(run, "small", "deepmerge", method, seed)
+    corrupt = root / "data=small,method=mmd,model=deepmerge,seed=2" / "results.json"
+    corrupt.write_text(corrupt.read_text()[:100])  # truncated mid-write by hand
+    smoke = write_run(tmp_path / "debug", "small", "deepmerge", "dann", 1)
+    make_smoke(smoke)
+    out = tmp_path / "out"
+    rep = build_report([root, tmp_path / "debug"], out, figures=False)
+    md = (out / "table1.md").read_text()
+    # the corrupt file is named, and its seed counts as failed in the MMD row (not dropped)
+    assert str(corrupt) in md and "Files that could not be read" in md
+    assert md_row(md, "MMD")[1].endswith("(n=1) †")
+    assert re.search(r"MMD †: seed 2 failed: unreadable results.json", md)
+    # the smoke run is in no table, and the report says which and why
+    assert "Adversarial (DANN)" not in md.split("smoke run(s)")[0]
+    assert "Adversarial" not in (out / "table1.csv").read_text()
+    assert "Adversarial" not in (out / "metrics.md").read_text().split("smoke run(s)")[0]
+    assert "1 smoke run(s) left out of every table" in md and str(smoke) in md
+    assert "trainer.fast_dev_run=True" in md
+    assert [r.run_dir for r in rep["smoke"]] == [smoke]
+    args = [str(root), str(tmp_path / "debug"), "--out", str(out), "--no-figures"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert str(corrupt) in err and "1 smoke run(s)" in err
+    assert main([*args, "--strict"]) == 2
+    # with the corrupt file repaired and the seed complete, --strict passes
+    write_run(root, "small", "deepmerge", "mmd", 2)
+    assert main([*args, "--strict"]) == 0
+
+
+def test_unreadable_file_without_job_config_still_named(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "small", "deepmerge", "baseline", 1)
+    bad = root / "elsewhere" / "results.json"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\xff\xfe not json")
+    rep = build_report([root], tmp_path / "out", figures=False)
+    assert any(str(bad) in p for p in rep["problems"])
+    assert str(bad) in rep["markdown"]
+    assert main([str(root), "--out", str(tmp_path / "out"), "--no-figures", "--strict"]) == 2
+
+
+def test_expected_seeds_are_per_group(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (1, 2, 3):
+        write_run(root / "a", "small", "deepmerge", "baseline", seed)
+    write_run(root / "b", "small", "deepmerge", "mmd", 1)  # asked for seed 1 only
+    rep = build_report([root], tmp_path / "out", figures=False)
+    assert rep["incomplete"] == []
+    groups = {g.method: g for g in rep["groups"]}
+    assert groups["baseline"].expected == [1, 2, 3] and groups["mmd"].expected == [1]
+    assert "missing" not in rep["markdown"]
+    assert "Expected seeds per group" in rep["markdown"]
+    # a sweep that asked for mmd seeds 1-3 makes 2 and 3 missing for mmd only
+    write_sweep(root / "b", "small", "deepmerge", {"method": "mmd", "seed": "range(1,4)"})
+    rep = build_report([root], tmp_path / "out", figures=False)
+    groups = {g.method: g for g in rep["groups"]}
+    assert groups["mmd"].missing == [2, 3] and groups["baseline"].missing == []
+
+
+def test_swept_method_without_any_results_keeps_its_row(tmp_path):
+    root = tmp_path / "sweep"
+    write_sweep(root, "small", "deepmerge", {"method": "baseline,dann"}, task=("seed=1,2",))
+    for seed in (1, 2):
+        write_run(root, "small", "deepmerge", "baseline", seed)
+    rep = build_report([root], tmp_path / "out", figures=True)
+    md = rep["markdown"]
+    assert md_row(md, "Adversarial (DANN)")[1] == "— †"
+    assert "Adversarial (DANN) †: seed(s) 1, 2 missing" in md
+    assert (tmp_path / "out" / "figure1.png").exists()
+
+
+def test_target_label_mark_follows_the_flag(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (1, 2):
+        run = write_run(root, "small", "deepmerge", "dann", seed)
+        res = json.loads((run / "results.json").read_text())
+        res["uses_target_labels"] = True  # e.g. selected on val/target/acc
+        res["uses_target_images"] = True
+        (run / "results.json").write_text(json.dumps(res))
+        run = write_run(root / "old", "small", "deepmerge", "mmd", seed)
+        res = json.loads((run / "results.json").read_text())
+        del res["uses_target_labels"]  # written before the flag existed
+        res["selection"]["monitor"] = "val/target/acc"
+        (run / "results.json").write_text(json.dumps(res))
+        write_run(root, "small", "deepmerge", "baseline", seed)
+    rep = build_report([root], tmp_path / "out", figures=False)
+    md = rep["markdown"]
+    assert md_row(md, "Adversarial (DANN) (uses target labels) ‡")[1].endswith("(n=2)")
+    assert md_row(md, "MMD (uses target labels) ‡")[1].endswith("(n=2)")
+    assert md_row(md, "No domain adaptation")[1].endswith("(n=2)")
+    runs = {r.method: r for r in rep["runs"]}
+    assert runs["dann"].uses_target_images and not runs["baseline"].uses_target_images
+
+
+def test_old_smoke_runs_recognised_from_overrides(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (1, 2):
+        write_run(root, "small", "deepmerge", "baseline", seed)
+    run = write_run(root / "old", "small", "deepmerge", "baseline", 3)
+    res = json.loads((run / "results.json").read_text())
+    res["overrides"] += ["trainer.limit_train_batches=2"]  # status "complete", written before
+    (run / "results.json").write_text(json.dumps(res))
+    rep = build_report([root], tmp_path / "out", figures=False)
+    (g,) = rep["groups"]
+    assert g.stats[("source", "acc")].n == 2 and g.expected == [1, 2]
+    assert "trainer.limit_train_batches=2" in rep["markdown"]
+
+
+def test_only_smoke_runs_is_an_error(tmp_path, capsys):
+    run = write_run(tmp_path / "runs", "small", "deepmerge", "baseline", 1)
+    make_smoke(run)
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
+    assert "only smoke runs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

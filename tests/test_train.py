@@ -1,6 +1,7 @@
 """End-to-end runs on the simulator's tiny preset (CPU, fast_dev_run or a couple of epochs)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -111,7 +112,10 @@ def test_failed_job_does_not_stop_the_sweep(sim_data_dir, tmp_path):
            "method.module.schedule=ganin,bogus", *_overrides(sim_data_dir, *FAST),
            f"paths.log_dir={tmp_path}", "callbacks.progress_bar=null"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the sweep ends non-zero (after the good job finished) and names the failed job
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "1 of 2 job(s) of the sweep" in proc.stderr and "schedule=ganin,bogus" not in proc.stderr
+    assert re.search(r"method\.module\.schedule=bogus.*: \S+", proc.stderr)
     results = {}
     for path in tmp_path.glob("multirun/default/*/results.json"):
         res = json.loads(path.read_text())

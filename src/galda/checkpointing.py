@@ -1,5 +1,7 @@
 """Checkpoints written to a temporary name and renamed, so a run killed while saving never leaves a
-truncated ``last.ckpt`` behind (Lightning writes the file in place)."""
+truncated ``last.ckpt`` behind (Lightning writes the file in place); and a check that a checkpoint
+about to be resumed from can be read (a copied, truncated or foreign file is named, with the
+ways out)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,10 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from galda.errors import GaldaError
 from galda.results import atomic_write_bytes
+
+#: keys every Lightning checkpoint holds
+CHECKPOINT_KEYS = ("state_dict", "epoch", "global_step")
+RESUME_WAYS_OUT = "start over with resume=false, or delete the file"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -28,19 +34,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write_bytes(Path(path), buffer.getvalue())
 
 
+def check_checkpoint(path: str | os.PathLike, ways_out: str = RESUME_WAYS_OUT) -> dict[str, Any]:
+    """Return the Lightning checkpoint at ``path``; raise GaldaError naming it when unusable.
+
+    A missing, truncated, corrupt or non-Lightning file is reported with ``ways_out`` (for
+    ``last.ckpt``: start over with ``resume=false``, or delete the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GaldaError(f"{path}: checkpoint not found; {ways_out}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        text = str(err).strip()
+        # the first sentence: torch's zip reader appends a long note about miniz
+        reason = text.splitlines()[0].split(". ")[0][:160] if text else type(err).__name__
+        raise GaldaError(
+            f"{path}: checkpoint is truncated or corrupt ({reason}); {ways_out}"
+        ) from err
+    keys = state.keys() if isinstance(state, dict) else ()
+    missing = [k for k in CHECKPOINT_KEYS if k not in keys]
+    if missing:
+        raise GaldaError(
+            f"{path}: not a Lightning checkpoint (no {', '.join(missing)}); {ways_out}"
+        )
+    return state
+
+
 def check_resume(path: str | os.PathLike, max_epochs: int) -> None:
     """Refuse to resume from ``path`` when it is unreadable, or was written for another budget.
 
     The learning-rate cycle and the reversal ramp are sized to ``trainer.max_epochs``; continuing
     them under another budget would silently change the schedule.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise GaldaError(
-            f"{path}: cannot read the checkpoint to resume from ({type(err).__name__}); "
-            "start over with resume=false, or delete the file"
-        ) from err
+    state = check_checkpoint(path)
     planned = int(state.get("galda_plan", {}).get("max_epochs", max_epochs))
     if planned != int(max_epochs):
         raise GaldaError(

@@ -174,13 +174,14 @@ class DomainWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._file is not None and self._tmp is not None
-        self._file.close()
-        if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
-            os.replace(self._tmp, self.path)
-        else:
+        try:
+            self._file.close()
+            if exc_type is None:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
+                os.replace(self._tmp, self.path)
+        finally:  # a failed close or rename (disk full, permissions) leaves no temporary file
             self._tmp.unlink(missing_ok=True)
 
 

@@ -9,8 +9,9 @@ galda domain file atomically. Common keyword options (``force``, ``drop_nonfinit
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,8 @@ def ingest_npy(
         gids = npy_galaxy_ids(galaxy_ids, len(images), xname) if galaxy_ids is not None else None
         files = [Path(p).name for p in (x, y, galaxy_ids) if p is not None]
         attrs = _meta(dataset or Path(x).stem, band_names, pixel_scale_arcsec, "npy")
-        inp = DomainInput(domain, images, labels, gids, attrs, files)
+        inputs = [Path(p) for p in (y, galaxy_ids) if p is not None]
+        inp = DomainInput(domain, images, labels, gids, attrs, files, inputs)
         return ingest_domain(inp, out, **options)
     finally:
         images.close()
@@ -118,7 +120,9 @@ def ingest_fits_cube(
             gid = npy_galaxy_ids(galaxy_ids, n, name)
             files.append(Path(galaxy_ids).name)
         attrs = _meta(dataset or Path(cube).stem, band_names, pixel_scale_arcsec, "fits-cube")
-        return ingest_domain(DomainInput(domain, images, lab, gid, attrs, files), out, **options)
+        inputs = [Path(p) for p in (labels, y, galaxy_ids) if p is not None]
+        inp = DomainInput(domain, images, lab, gid, attrs, files, inputs)
+        return ingest_domain(inp, out, **options)
     finally:
         images.close()
 
@@ -147,7 +151,8 @@ def ingest_fits_stamps(
     attrs = _meta(dataset or Path(folder).name, band_names, pixel_scale_arcsec, "fits-stamps")
     attrs["stamp_folder"] = str(Path(folder).name)
     files = [table.name, f"{len(names)} stamps in {Path(folder).name}/"]
-    return ingest_domain(DomainInput(domain, images, lab, gid, attrs, files), out, **options)
+    inp = DomainInput(domain, images, lab, gid, attrs, files, [table])
+    return ingest_domain(inp, out, **options)
 
 
 def ingest_hdf5(

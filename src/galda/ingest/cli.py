@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from galda.ingest.errors import IngestError
 
@@ -169,6 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run(args)
     except IngestError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read or write the checks above did not name
+        from galda.errors import os_error_hint
+
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{PROG}: error: {where}{os_error_hint(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no partial output was left at the final path", file=sys.stderr)

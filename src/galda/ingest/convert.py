@@ -13,13 +13,15 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from galda.data.h5format import DataFormatError, DomainWriter, read_domain
+from galda.errors import os_error_hint
 from galda.ingest.errors import IngestError
 from galda.ingest.sources import ImageSource, StampSource, _fmt_shape, check_image_shape
 
@@ -40,6 +42,13 @@ class DomainInput:
     galaxy_id: np.ndarray | None = None  # int64, validated; None = row index
     attrs: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    inputs: list[Path] = field(default_factory=list)  # label / id tables beside the images
+
+
+def input_paths(inp: DomainInput) -> list[Path]:
+    """Every file the domain is read from (images, stamps, label and id files)."""
+    src = inp.images
+    return [src.path, *getattr(src, "paths", []), *inp.inputs]
 
 
 @dataclass
@@ -81,10 +90,36 @@ def check_output(out: str | os.PathLike, force: bool) -> Path:
     return out
 
 
-def check_not_input(out: Path, inputs: Sequence[str | os.PathLike]) -> None:
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_input(out: Path, inputs: Sequence[str | os.PathLike | None]) -> None:
+    """Refuse an output that is (a link to) one of the inputs, even with ``--force``."""
     for p in inputs:
-        if Path(p).exists() and out.exists() and Path(p).resolve() == out.resolve():
+        if p is not None and _same_file(Path(p), out):
             raise IngestError(out, "output would replace one of the inputs; choose another path")
+
+
+def write_error(out: Path, err: OSError) -> IngestError:
+    """A failed write (permission, disk full, ...) as one line naming the output."""
+    return IngestError(out, f"cannot write: {os_error_hint(err)}")
+
+
+def check_writable(out: Path) -> None:
+    """Refuse, before any work, an output whose nearest existing folder cannot be written."""
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise IngestError(out, f"cannot write: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        import errno
+
+        raise write_error(out, PermissionError(errno.EACCES, "Permission denied", str(folder)))
 
 
 def check_same_shape(first: DomainInput, other: DomainInput) -> None:
@@ -224,6 +259,26 @@ def write_plan(
         raise IngestError(out, "output already exists; pass --force to replace it") from err
     except DataFormatError as err:
         raise IngestError(src.path, f"empty domain ({err})") from err
+    try:
+        _write_rows(plan, writer, out, chunk, gid, progress, sleep)
+    except OSError as err:  # reads raise IngestError, so an OSError here is a failed write
+        raise write_error(out, err) from err
+    return out
+
+
+def _write_rows(
+    plan: Plan,
+    writer: DomainWriter,
+    out: Path,
+    chunk: int,
+    gid: np.ndarray,
+    progress: bool,
+    sleep: float,
+) -> None:
+    inp = plan.input
+    src = inp.images
+    n = len(src)
+    labels = inp.labels
     with writer as w, _progress(plan.n_out, f"{inp.domain} -> {out.name}", progress) as bar:
         pos = 0
         for start in range(0, n, chunk):
@@ -246,7 +301,6 @@ def write_plan(
                 time.sleep(sleep)
         if pos != plan.n_out:  # pragma: no cover - guards the bookkeeping above
             raise RuntimeError(f"wrote {pos} rows, expected {plan.n_out}")
-    return out
 
 
 def summary(plan: Plan, out: Path) -> str:
@@ -272,7 +326,9 @@ def ingest_domain(
     report: Report | None = None,
 ) -> Path:
     """Check, scan and write one domain; return the output path."""
+    check_not_input(Path(out), [*input_paths(inp), match])
     out = check_output(out, force)
+    check_writable(out)
     check_image_shape(inp.images.path, inp.images.shape, size=size)
     if match is not None:
         check_matches_file(inp, match)
@@ -302,7 +358,10 @@ def ingest_pair(
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise IngestError(outdir, "output folder is a file")
+    for d in ("source", "target"):
+        check_not_input(outdir / f"{d}.h5", [*input_paths(source), *input_paths(target)])
     outs = {d: check_output(outdir / f"{d}.h5", force) for d in ("source", "target")}
+    check_writable(outs["source"])
     for inp in (source, target):
         check_image_shape(inp.images.path, inp.images.shape, size=size)
     check_same_shape(source, target)
@@ -310,13 +369,24 @@ def ingest_pair(
         "source": scan(source, drop_nonfinite, chunk_size, progress, report),
         "target": scan(target, drop_nonfinite, chunk_size, progress, report),
     }
-    outdir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".galda-ingest-", dir=outdir))
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".galda-ingest-", dir=outdir))
+    except OSError as err:
+        raise write_error(outdir, err) from err
     try:
         for d, plan in plans.items():
-            write_plan(plan, staging / f"{d}.h5", chunk=chunk_size, progress=progress)
+            try:
+                write_plan(plan, staging / f"{d}.h5", chunk=chunk_size, progress=progress)
+            except IngestError as err:
+                if err.path == str(staging / f"{d}.h5"):  # name the final path, not the staging one
+                    raise IngestError(outs[d], err.problem) from err
+                raise
         for d in plans:
-            os.replace(staging / f"{d}.h5", outs[d])
+            try:
+                os.replace(staging / f"{d}.h5", outs[d])
+            except OSError as err:
+                raise write_error(outs[d], err) from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if report:

@@ -124,7 +124,7 @@ def _domain(files: DeepMergeFiles, domain: str, x: Path, y: Path | None) -> Doma
         "filters_reported": FILTERS_REPORTED.get(files.set),
     }
     names = [x.name] + ([y.name] if y is not None else [])
-    return DomainInput(domain, images, labels, None, attrs, names)
+    return DomainInput(domain, images, labels, None, attrs, names, [y] if y is not None else [])
 
 
 def ingest_deepmerge(

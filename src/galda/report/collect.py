@@ -2,8 +2,12 @@
 
 Groups are keyed by (data, model, method, uses_target_labels): a run that used target labels (the
 oracle, or target-label checkpoint selection) is never averaged with label-free runs of the same
-method. Per group and seed the newest complete run is used; a seed with only failed runs is
-*failed*; an expected seed with no results at all is *missing*. Both are named in the notes.
+method. Per group and seed the newest complete run is used; a seed with only failed (or unreadable)
+runs is *failed*; an expected seed with no results at all is *missing*. Both are named in the notes.
+
+Expected seeds are per group: those the group's sweep asked for (read from the sweep's
+``multirun.yaml``) and those it ran, unless ``--seeds`` fixes them for every group. Smoke runs
+(``status: smoke``: fast_dev_run, limit_*_batches, max_steps) are left out of every group.
 """
 
 from __future__ import annotations
@@ -12,13 +16,16 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from galda.results import RESULTS_FILE, read_results
+
+SWEEP_FILE = "multirun.yaml"
 DOMAINS = ("source", "target")
 METRICS = ("acc", "precision", "recall", "f1", "brier", "auroc")
 
@@ -66,6 +73,7 @@ class Run:
     metrics: dict[tuple[str, str], float]
     raw: dict[str, Any]
     mtime: float
+    uses_target_images: bool = True
 
     @property
     def run_dir(self) -> Path:
@@ -74,6 +82,11 @@ class Run:
     @property
     def complete(self) -> bool:
         return self.status == "complete"
+
+    @property
+    def smoke(self) -> bool:
+        """A smoke test (fast_dev_run, limited batches or steps): never in a table."""
+        return self.status == "smoke"
 
     @property
     def predictions_path(self) -> Path | None:
@@ -120,11 +133,55 @@ def find_results(dirs: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(found)
 
 
+def _override_trainer(overrides: Iterable[Any]) -> dict[str, Any]:
+    """``trainer.*`` values from a run's override list (old results without a config)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for o in overrides:
+        key, sep, value = str(o).lstrip("+~").partition("=")
+        if sep and key.startswith("trainer."):
+            try:
+                out[key[len("trainer."):]] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                out[key[len("trainer."):]] = value
+    return out
+
+
+def smoke_reasons(raw: dict[str, Any]) -> list[str]:
+    """Why a run is a smoke test: its recorded reasons, else its trainer settings."""
+    from galda.preflight import smoke_reasons as trainer_smoke_reasons
+
+    if raw.get("smoke_reasons"):
+        return [str(r) for r in raw["smoke_reasons"]]
+    config = raw.get("config")
+    trainer = config.get("trainer") if isinstance(config, dict) else None
+    reasons = trainer_smoke_reasons(trainer if isinstance(trainer, dict) else None)
+    reasons += trainer_smoke_reasons(_override_trainer(raw.get("overrides") or []))
+    if any(str(o).lstrip("+") == "debug=fast" for o in raw.get("overrides") or []):
+        reasons.append("debug=fast")
+    return sorted(set(reasons))
+
+
+def _uses_target_labels(raw: dict[str, Any], method: str) -> bool:
+    if "uses_target_labels" in raw and raw["uses_target_labels"] is not None:
+        return bool(raw["uses_target_labels"])
+    # results written before the flag: the oracle, or selection on a target metric
+    monitor = str((raw.get("selection") or {}).get("monitor") or "")
+    return method == "oracle" or monitor.startswith("val/target/")
+
+
+def _uses_target_images(raw: dict[str, Any], method: str) -> bool:
+    if "uses_target_images" in raw and raw["uses_target_images"] is not None:
+        return bool(raw["uses_target_images"])
+    return method != "baseline"  # the only method written before the flag that ignores them
+
+
 def load_run(path: Path) -> Run:
     """Read one results.json into a :class:`Run` (raises ValueError on an unusable file)."""
     try:
         raw = read_results(path)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: not a JSON object")
@@ -136,6 +193,10 @@ def load_run(path: Path) -> Run:
     metrics = {
         (dom, m): _float(raw.get(f"test/{dom}/{m}")) for dom in DOMAINS for m in METRICS
     }
+    if status == "complete":
+        reasons = smoke_reasons(raw)
+        if reasons:
+            status, raw = "smoke", {**raw, "smoke_reasons": reasons}
     if status == "complete" and math.isnan(metrics[("source", "acc")]):
         status, raw = "incomplete", {**raw, "error": raw.get("error") or "no test/source/acc"}
     return Run(
@@ -146,22 +207,160 @@ def load_run(path: Path) -> Run:
         seed=_seed(raw.get("seed")),
         status=status,
         error=None if raw.get("error") is None else str(raw.get("error")),
-        uses_target_labels=bool(raw.get("uses_target_labels")) or method == "oracle",
+        uses_target_labels=_uses_target_labels(raw, method),
+        uses_target_images=_uses_target_images(raw, method),
         metrics=metrics,
         raw=raw,
         mtime=path.stat().st_mtime,
     )
 
 
+def _identity_from_job(run_dir: Path) -> dict[str, Any] | None:
+    """data / model / method / seed of a job folder from Hydra's saved config, else its name."""
+    import yaml
+
+    found: dict[str, Any] = {}
+    config = run_dir / ".hydra" / "config.yaml"
+    try:
+        cfg = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        cfg = None
+    if isinstance(cfg, dict):
+        for key in ("data", "model", "method"):
+            node = cfg.get(key)
+            if isinstance(node, dict) and node.get("name"):
+                found[key] = str(node["name"])
+        found["seed"] = cfg.get("seed")
+        found["monitor"] = (cfg.get("selection") or {}).get("monitor")
+        method = cfg.get("method")
+        found["needs_target_labels"] = isinstance(method, dict) and bool(
+            method.get("needs_target_labels"))
+    for part in run_dir.name.split(","):  # a sweep job folder: key=value,key=value
+        key, sep, value = part.partition("=")
+        if sep and key in ("data", "model", "method", "seed"):
+            found.setdefault(key, value)
+    if not all(found.get(k) for k in ("data", "model", "method")):
+        return None
+    return found
+
+
+def unreadable_run(path: Path, problem: str) -> Run | None:
+    """A run whose results.json cannot be read, placed in its group when its job folder says
+    which (so its seed shows as failed instead of the row silently losing it); else None."""
+    ident = _identity_from_job(path.parent)
+    if ident is None:
+        return None
+    method = str(ident["method"])
+    monitor = str(ident.get("monitor") or "")
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        mtime = 0.0
+    return Run(
+        path=path,
+        data=str(ident["data"]),
+        model=str(ident["model"]),
+        method=method,
+        seed=_seed(ident.get("seed")),
+        status="unreadable",
+        error=f"unreadable results.json ({problem})",
+        uses_target_labels=bool(ident.get("needs_target_labels")) or method == "oracle"
+        or monitor.startswith("val/target/"),
+        metrics={(dom, m): math.nan for dom in DOMAINS for m in METRICS},
+        raw={},
+        mtime=mtime,
+    )
+
+
 def load_runs(dirs: Iterable[str | os.PathLike]) -> tuple[list[Run], list[str]]:
-    """All readable runs under ``dirs`` and a list of problems with unreadable files."""
+    """All runs under ``dirs`` and a list of problems with unreadable files.
+
+    An unreadable file whose job folder names its data / model / method is also returned as a
+    run with status ``unreadable`` (counted as a failed seed of its group).
+    """
     runs, problems = [], []
     for p in find_results(dirs):
         try:
             runs.append(load_run(p))
         except ValueError as exc:
             problems.append(str(exc))
+            placed = unreadable_run(p, str(exc).removeprefix(f"cannot read {p}: "))
+            if placed is not None:
+                runs.append(placed)
     return runs, problems
+
+
+def find_sweeps(dirs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every sweep's ``multirun.yaml`` under the folders (hidden folders skipped)."""
+    found = []
+    for d in dirs:
+        d = Path(d)
+        if d.is_file():
+            continue
+        for root, subdirs, files in os.walk(d, followlinks=False):
+            subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
+            if SWEEP_FILE in files:
+                found.append(Path(root) / SWEEP_FILE)
+    return sorted(found)
+
+
+def sweep_expectations(paths: Iterable[Path]) -> tuple[dict[tuple[str, str, str], set[int]],
+                                                        list[str]]:
+    """The seeds each (data, model, method) was asked for by Hydra's basic sweeper.
+
+    Reads the sweep's parameters (``hydra.sweeper.params``) and its command-line overrides
+    (``hydra.overrides.task``); a key that is not swept takes the config's value. Returns the
+    expectations and a list of sweep files that could not be read.
+    """
+    expected: dict[tuple[str, str, str], set[int]] = {}
+    problems = []
+    for path in paths:
+        try:
+            grid = _sweep_grid(path)
+        except Exception as exc:  # noqa: BLE001 - a sweep file we cannot parse only loses a hint
+            problems.append(f"{path}: cannot read the sweep's parameters ({exc})")
+            continue
+        if grid is None:
+            continue
+        for data in grid["data"]:
+            for model in grid["model"]:
+                for method in grid["method"]:
+                    seeds = {int(s) for s in grid["seed"]}
+                    expected.setdefault((data, model, method), set()).update(seeds)
+    return expected, problems
+
+
+def _sweep_grid(path: Path) -> dict[str, list[str]] | None:
+    import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    hydra = cfg.get("hydra") or {}
+    sweeper = hydra.get("sweeper") or {}
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None  # another sweeper (optuna, ...) draws its own points: no fixed grid
+    params = sweeper.get("params") or {}
+    lines = [f"{k}={v}" for k, v in params.items()]
+    lines += [str(o) for o in (hydra.get("overrides") or {}).get("task") or []]
+    grid: dict[str, list[str]] = {}
+    for key in ("data", "model", "method"):
+        node = cfg.get(key)
+        if isinstance(node, dict) and node.get("name"):
+            grid[key] = [str(node["name"])]
+    grid["seed"] = [str(cfg.get("seed"))]
+    for ov in OverridesParser.create().parse_overrides(lines):
+        key = ov.key_or_group.lstrip("/")
+        if key not in ("data", "model", "method", "seed"):
+            continue
+        if ov.is_sweep_override():
+            grid[key] = [str(v) for v in ov.sweep_string_iterator()]
+        else:
+            grid[key] = [str(ov.get_value_element_as_str())]
+    if not all(grid.get(k) for k in ("data", "model", "method")):
+        return None
+    if _seed(grid["seed"][0]) is None:
+        return None
+    return grid
 
 
 def parse_seeds(text: str | Iterable[int] | None) -> list[int] | None:
@@ -207,6 +406,7 @@ class Group:
     used: list[Run] = field(default_factory=list)  # one complete run per seed, averaged
     failed: dict[int | None, str] = field(default_factory=dict)  # seed -> error
     missing: list[int] = field(default_factory=list)
+    expected: list[int] = field(default_factory=list)  # the seeds this group should have
     ignored: list[int] = field(default_factory=list)  # seeds outside the expected list
     duplicates: dict[int, int] = field(default_factory=dict)  # seed -> number of complete runs
     stats: dict[tuple[str, str], Stat] = field(default_factory=dict)
@@ -247,7 +447,7 @@ def _order(value: str, order: tuple[str, ...]) -> tuple[int, str]:
 
 
 def method_sort_key(method: str, uses_target_labels: bool) -> tuple:
-    # label-free methods in the paper's order, then unknown methods, then anything with target labels
+    # label-free methods in the paper's order, then unknown methods, then those with target labels
     return (uses_target_labels, method == "oracle", _order(method, METHOD_ORDER))
 
 
@@ -265,29 +465,39 @@ def _stat(values: list[tuple[int | None, float]]) -> Stat:
 
 
 def _fmt_seeds(seeds: Iterable[int | None]) -> str:
-    return ", ".join("?" if s is None else str(s) for s in sorted(seeds, key=lambda s: (s is None, s or 0)))
+    ordered = sorted(seeds, key=lambda s: (s is None, s or 0))
+    return ", ".join("?" if s is None else str(s) for s in ordered)
 
 
-def aggregate(runs: list[Run], expected_seeds: list[int] | None = None) -> list[Group]:
+def aggregate(
+    runs: list[Run],
+    expected_seeds: list[int] | None = None,
+    sweeps: dict[tuple[str, str, str], set[int]] | None = None,
+) -> list[Group]:
     """Group runs by (data, model, method, uses_target_labels) and average over seeds.
 
-    ``expected_seeds``: the seeds every group should have; None → per data set, the union of the
-    seeds seen in any of its groups (complete or failed).
+    ``expected_seeds``: the seeds every group should have. None → per group, the seeds it ran
+    (complete, failed or unreadable) plus those its sweep asked for (``sweeps``, from
+    :func:`sweep_expectations`); a swept combination with no results at all becomes a group
+    whose seeds are all missing. Smoke runs are left out.
     """
     groups: dict[tuple, Group] = {}
     for r in runs:
+        if r.smoke:
+            continue
         key = (r.data, r.model, r.method, r.uses_target_labels)
         groups.setdefault(key, Group(*key)).runs.append(r)
+    for data, model, method in sweeps or {}:
+        if not any(k[:3] == (data, model, method) for k in groups):
+            key = (data, model, method, method == "oracle")
+            groups[key] = Group(*key)
 
-    expected: dict[str, set[int]] = {}
     for g in groups.values():
         if expected_seeds is not None:
-            expected[g.data] = set(expected_seeds)
+            exp = set(expected_seeds)
         else:
-            expected.setdefault(g.data, set()).update(r.seed for r in g.runs if r.seed is not None)
-
-    for g in groups.values():
-        exp = expected[g.data]
+            exp = {r.seed for r in g.runs if r.seed is not None}
+            exp |= (sweeps or {}).get((g.data, g.model, g.method), set())
         by_seed: dict[int | None, list[Run]] = {}
         for r in g.runs:
             by_seed.setdefault(r.seed, []).append(r)
@@ -313,6 +523,7 @@ def aggregate(runs: list[Run], expected_seeds: list[int] | None = None) -> list[
                 newest = max(rs, key=lambda r: r.mtime)
                 g.failed[seed] = newest.error or newest.status
         g.missing = sorted(exp - {r.seed for r in g.runs if r.seed is not None})
+        g.expected = sorted(exp)
 
         for dom in DOMAINS:
             for m in METRICS:
@@ -320,7 +531,8 @@ def aggregate(runs: list[Run], expected_seeds: list[int] | None = None) -> list[
 
         # notes, most important first
         if g.missing:
-            g.notes.append(f"seed(s) {_fmt_seeds(g.missing)} missing (no results.json)")
+            g.notes.append(f"seed(s) {_fmt_seeds(g.missing)} missing "
+                           "(no results.json of a full run)")
         for seed, err in sorted(g.failed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
             first = (err or "").strip().splitlines()[0][:160] if err else "no error message"
             g.notes.append(f"seed {'?' if seed is None else seed} failed: {first}")
@@ -347,5 +559,6 @@ def aggregate(runs: list[Run], expected_seeds: list[int] | None = None) -> list[
 
     return sorted(
         groups.values(),
-        key=lambda g: (g.data, model_sort_key(g.model), method_sort_key(g.method, g.uses_target_labels)),
+        key=lambda g: (g.data, model_sort_key(g.model),
+                       method_sort_key(g.method, g.uses_target_labels)),
     )

@@ -3,17 +3,53 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from galda.errors import GaldaError, os_error_hint
 from galda.results import atomic_write_text
 
 from . import tables
-from .collect import aggregate, load_runs, parse_seeds
+from .collect import Run, aggregate, find_sweeps, load_runs, parse_seeds, sweep_expectations
 
 
-class NoResultsError(RuntimeError):
-    """No results.json was found under the given folders."""
+class NoResultsError(GaldaError, RuntimeError):
+    """No usable results.json was found under the given folders."""
+
+
+class ReportWriteError(GaldaError):
+    """The report's output folder or one of its files cannot be written."""
+
+
+def _write_text(path: Path, text: str) -> Path:
+    try:
+        return atomic_write_text(path, text)
+    except OSError as err:
+        raise ReportWriteError(f"{path}: cannot write: {os_error_hint(err)} (--out)") from err
+
+
+def _output_folder(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ReportWriteError(f"{out}: --out is a file; give a folder for the report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ReportWriteError(f"{out}: cannot create the report folder: {os_error_hint(err)} "
+                               "(--out)") from err
+    return out
+
+
+def smoke_note(smoke: list[Run], limit: int = 20) -> str:
+    """A paragraph naming the smoke runs left out of every table ("" when there are none)."""
+    if not smoke:
+        return ""
+    lines = [f"- {r.run_dir} ({', '.join(r.raw.get('smoke_reasons') or ['status: smoke'])})"
+             for r in smoke[:limit]]
+    if len(smoke) > limit:
+        lines.append(f"- ... and {len(smoke) - limit} more")
+    return (f"\n{len(smoke)} smoke run(s) left out of every table (fast_dev_run, "
+            "limit_*_batches or max_steps: not full runs):\n" + "\n".join(lines) + "\n")
 
 
 def _safe(name: str) -> str:
@@ -36,18 +72,27 @@ def build_report(
     ``expected_seeds``: seeds each group should have (list or ``"1-10"``); None → per data set,
     the union of the seeds seen. Raises :class:`NoResultsError` when nothing is found.
 
-    Returns ``{"groups", "runs", "problems", "files", "markdown", "paper_markdown",
-    "incomplete"}``.
+    Expected seeds are per group (see :func:`galda.report.collect.aggregate`); smoke runs are
+    left out of every table and named; an unreadable ``results.json`` is named (and, when its
+    job folder says which group it belongs to, counted as a failed seed there).
+
+    Returns ``{"groups", "runs", "problems", "smoke", "files", "markdown", "paper_markdown",
+    "incomplete"}``. Raises :class:`ReportWriteError` when ``out`` cannot be written.
     """
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
-    dirs = [Path(d) for d in dirs]
+    folders = [Path(d) for d in dirs]
     seeds = parse_seeds(expected_seeds)  # type: ignore[arg-type]
-    runs, problems = load_runs([d for d in dirs if d.exists()])
-    absent = [str(d) for d in dirs if not d.exists()]
-    if not runs:
-        where = ", ".join(str(d) for d in dirs) or "(no folders given)"
-        msg = f"no results.json found under: {where}"
+    present = [d for d in folders if d.exists()]
+    runs, problems = load_runs(present)
+    sweeps, sweep_problems = sweep_expectations(find_sweeps(present))
+    smoke = [r for r in runs if r.smoke]
+    absent = [str(d) for d in folders if not d.exists()]
+    if len(smoke) == len(runs) and not sweeps:
+        where = ", ".join(str(d) for d in folders) or "(no folders given)"
+        msg = f"no results.json found under: {where}" if not runs else (
+            f"only smoke runs under {where} ({len(smoke)}: fast_dev_run, limit_*_batches or "
+            "max_steps); tables hold full runs only")
         if absent:
             msg += f" (does not exist: {', '.join(absent)})"
         if problems:
@@ -55,38 +100,46 @@ def build_report(
         raise NoResultsError(msg)
     problems += [f"folder does not exist: {a}" for a in absent]
 
-    groups = aggregate(runs, seeds)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    groups = aggregate(runs, seeds, sweeps)
+    out = _output_folder(Path(out))
     files: dict[str, Path] = {}
 
     md = tables.table1_markdown(groups, seeds)
     if problems:
         md += "\nFiles that could not be read:\n" + "".join(f"- {p}\n" for p in problems)
-    files["table1.md"] = atomic_write_text(out / "table1.md", md)
-    files["table1.csv"] = atomic_write_text(out / "table1.csv", tables.table1_csv(groups))
-    files["table1.tex"] = atomic_write_text(out / "table1.tex", tables.table1_latex(groups, seeds))
-    files["metrics.md"] = atomic_write_text(out / "metrics.md", tables.metrics_markdown(groups))
-    files["metrics.csv"] = atomic_write_text(out / "metrics.csv", tables.metrics_csv(groups))
+    md += smoke_note(smoke)
+    if sweep_problems:
+        md += "\n" + "".join(f"- {p}\n" for p in sweep_problems)
+    files["table1.md"] = _write_text(out / "table1.md", md)
+    files["table1.csv"] = _write_text(out / "table1.csv", tables.table1_csv(groups))
+    files["table1.tex"] = _write_text(out / "table1.tex", tables.table1_latex(groups, seeds))
+    files["metrics.md"] = _write_text(out / "metrics.md",
+                                      tables.metrics_markdown(groups) + smoke_note(smoke))
+    files["metrics.csv"] = _write_text(out / "metrics.csv", tables.metrics_csv(groups))
     paper_md = None
     if paper:
         paper_md = tables.paper_markdown(groups)
-        files["table1_vs_paper.md"] = atomic_write_text(out / "table1_vs_paper.md", paper_md)
-        files["table1_vs_paper.csv"] = atomic_write_text(out / "table1_vs_paper.csv",
-                                                          tables.paper_csv(groups))
+        files["table1_vs_paper.md"] = _write_text(out / "table1_vs_paper.md", paper_md)
+        files["table1_vs_paper.csv"] = _write_text(out / "table1_vs_paper.csv",
+                                                   tables.paper_csv(groups))
     if figures:
         from .figures import write_figure1
 
-        datas = sorted({g.data for g in groups})
+        datas = sorted({g.data for g in groups if g.used})
         for data in datas:
             stem = "figure1" if len(datas) == 1 else f"figure1_{_safe(data)}"
-            png, pdf = write_figure1(groups, out, data, stem)
+            try:
+                png, pdf = write_figure1(groups, out, data, stem)
+            except OSError as err:
+                raise ReportWriteError(f"{out / stem}.png: cannot write: {os_error_hint(err)} "
+                                       "(--out)") from err
             files[png.name], files[pdf.name] = png, pdf
 
     return {
         "groups": groups,
         "runs": runs,
         "problems": problems,
+        "smoke": smoke,
         "files": files,
         "markdown": md,
         "paper_markdown": paper_md,

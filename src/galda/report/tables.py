@@ -103,11 +103,15 @@ def _notes(groups: list[Group], models: list[str], rows: list[tuple[str, bool]])
 
 
 def expected_seeds_line(groups: list[Group], given: list[int] | None) -> str:
-    seeds = sorted({s for g in groups for s in g.missing}
-                   | {r.seed for g in groups for r in g.runs if r.seed is not None}
-                   if given is None else set(given))
-    how = "--seeds" if given is not None else "every seed found in any group"
-    return f"Expected seeds: {_seedlist(seeds) or 'none'} ({how})."
+    if given is not None:
+        return f"Expected seeds: {_seedlist(given) or 'none'} (--seeds)."
+    sets = {tuple(g.expected) for g in groups}
+    if len(sets) == 1:
+        return (f"Expected seeds: {_seedlist(next(iter(sets))) or 'none'} (per group: those its "
+                "sweep asked for, or that ran).")
+    per = "; ".join(f"{model_label(g.model)} · {g.method_label}: {_seedlist(g.expected) or 'none'}"
+                    for g in groups)
+    return f"Expected seeds per group (those its sweep asked for, or that ran): {per}."
 
 
 # --------------------------------------------------------------------------------------- Table 1
