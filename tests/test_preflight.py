@@ -254,7 +254,7 @@ def test_same_file_for_both_domains(make_cfg, tmp_path):
     msg = refused(make_cfg(files=(src, link)), DataError)
     assert "both data.source_path and data.target_path" in msg
     # allowed when asked for (checked without the DataModule, which takes no such argument yet)
-    preflight(make_cfg("+data.allow_same_file=true", files=(src, src)))
+    preflight(make_cfg("data.allow_same_file=true", files=(src, src)))
 
 
 def test_paired_sizes_differ_warns(make_cfg, caplog):

@@ -17,8 +17,9 @@ from galda.errors import GaldaError
 
 log = logging.getLogger(__name__)
 
-#: keys of a ``data`` config that describe how to make the data, not the DataModule
-PROVISION_KEYS = ("simulate",)
+#: keys of a ``data`` config for the app (how to make the data, what preflight allows), not the
+#: DataModule
+PROVISION_KEYS = ("simulate", "allow_same_file")
 
 
 def datamodule_config(data_cfg: DictConfig) -> DictConfig:

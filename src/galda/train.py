@@ -20,19 +20,16 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from galda import results as res
+from galda.calibration import calibrate_checkpoint
 from galda.callbacks import PredictionWriter
 from galda.checkpointing import AtomicCheckpointIO, check_resume
 from galda.devices import configure_job_resources
 from galda.errors import GaldaError
 from galda.metrics import binary_confusion
+from galda.preflight import preflight, preflight_config, smoke_reasons
 from galda.provision import datamodule_config, ensure_data
 
 log = logging.getLogger(__name__)
-
-#: Trainer settings that make a run a smoke test (its numbers never enter a table)
-SMOKE_DEFAULTS = {"fast_dev_run": False, "max_steps": -1, "limit_train_batches": 1.0,
-                  "limit_val_batches": 1.0, "limit_test_batches": 1.0}
-
 
 def _device_name(trainer: pl.Trainer) -> str:
     device = trainer.strategy.root_device
@@ -68,11 +65,6 @@ def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
 def _best_epoch(path: str | None) -> int | None:
     match = re.search(r"epoch(\d+)", Path(path).name) if path else None
     return int(match.group(1)) if match else None
-
-
-def is_smoke(trainer_cfg: DictConfig) -> bool:
-    """True when Trainer settings cut the run short (fast_dev_run, limit_*_batches, max_steps)."""
-    return any(trainer_cfg.get(k, v) not in (v, None) for k, v in SMOKE_DEFAULTS.items())
 
 
 #: config keys that say how to run, not what to compute: they never force a rerun
@@ -197,17 +189,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.warning("Re-running %s: %s", run_dir, reason)
         _set_aside(run_dir)
 
+    preflight_config(cfg)  # settings that need no data: before anything is read or written
     started = time.time()
     commit = res.git_commit()  # at the start: the code this run trains with
     pl.seed_everything(int(cfg.seed), workers=True)
     meta = identity(cfg)
-    if meta["uses_target_labels"]:
-        log.warning("This run uses TARGET LABELS (%s); its results are marked ‡.",
-                    "in training" if get_class(cfg.method.module._target_).uses_target_labels
-                    else f"selection on {meta['selection']['monitor']}")
+    if get_class(cfg.method.module._target_).uses_target_labels:
+        log.warning("This run trains on TARGET LABELS (a ceiling row); its results are marked ‡.")
 
     ensure_data(cfg.data)
     datamodule = instantiate(datamodule_config(cfg.data), _convert_="all")
+    preflight(cfg, datamodule)  # the config against the files on disk, before any training
     module = build_module(cfg)
     datamodule.configure_training(module.uses_target_images, type(module).uses_target_labels)
     callbacks, loggers = _callbacks_and_loggers(cfg, run_dir)
@@ -224,6 +216,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg, run_dir))
         ckpt_cb = trainer.checkpoint_callback
         best = (ckpt_cb.best_model_path if ckpt_cb is not None else "") or None
+        # temperature scaling on source validation only, stored in the checkpoint for predict
+        temperature = calibrate_checkpoint(best, datamodule) if best and trainer.is_global_zero else None
         trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         test_metrics = _scalars(trainer.callback_metrics, "test/")
         # the selected checkpoint's validation metrics and validators, as the monitor saw them
@@ -232,13 +226,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         _finish_wandb(loggers)
 
+    smoke = smoke_reasons(OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
     monitor = meta["selection"]["monitor"]
     best_score = (float(ckpt_cb.best_model_score)
                   if ckpt_cb is not None and ckpt_cb.best_model_score is not None else None)
     meta["selection"]["best_score"] = best_score
     predictions = next(cb for cb in callbacks if isinstance(cb, PredictionWriter)).arrays
     results: dict[str, Any] = {
-        "status": "smoke" if is_smoke(cfg.trainer) else "complete",
+        "status": "smoke" if smoke else "complete",
+        "smoke_reasons": smoke,
         "error": None,
         **meta,
         "epochs_run": int(trainer.current_epoch),
@@ -260,6 +256,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "versions": res.package_versions(),
         "run_dir": str(run_dir.resolve()),
         "checkpoint": best,
+        "temperature": temperature,
         "predictions": res.PREDICTIONS_FILE,
         "overrides": _task_overrides(),
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -278,7 +275,7 @@ def write_failure(cfg: DictConfig, error: BaseException) -> None:
     res.write_results(
         Path(cfg.paths.output_dir),
         {"status": "failed", "error": f"{type(error).__name__}: {error}", **meta,
-         "overrides": _task_overrides()},
+         "exit_code": 2 if isinstance(error, GaldaError) else 1, "overrides": _task_overrides()},
     )
 
 
