@@ -17,14 +17,19 @@ def _dm(folder, **kw):
 
 def test_split_is_by_galaxy_and_shared_by_domains(tmp_path):
     dm, src, _ = _dm(tmp_path, n_galaxies=50, views=3)
-    ids = read_domain(src).galaxy_id
-    split = split_galaxies(ids, (0.7, 0.1, 0.2), seed=0)
+    data = read_domain(src)
+    ids = data.galaxy_id
+    split = dm.split_ids
     sets = [set(split[s].tolist()) for s in ("train", "val", "test")]
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
     assert set().union(*sets) == set(np.unique(ids).tolist())
-    assert [len(s) for s in sets] == [35, 5, 10]
+    # stratified: 70/10/20 of the 25 mergers and of the 25 non-mergers
+    assert [len(s) for s in sets] == [36, 4, 10]
+    for s in sets:
+        labels = {int(data.labels[ids == g][0]) for g in s}
+        assert labels == {0, 1}
     # every view of a galaxy is on one side, and both domains use the same split
-    assert dm.split_sizes["source"] == dm.split_sizes["target"] == {"train": 105, "val": 15, "test": 30}
+    assert dm.split_sizes["source"] == dm.split_sizes["target"] == {"train": 108, "val": 12, "test": 30}
 
 
 def test_split_ignores_the_training_seed():
@@ -43,8 +48,7 @@ def test_normalisation_uses_training_images_only(tmp_path):
     dm, src, tgt = _dm(tmp_path, n_galaxies=30, views=1)
     for domain, path in (("source", src), ("target", tgt)):
         data = read_domain(path)
-        train_ids = split_galaxies(np.concatenate([read_domain(src).galaxy_id, data.galaxy_id]),
-                                   (0.7, 0.1, 0.2), 0)["train"]
+        train_ids = dm.split_ids["train"]
         mean, std = channel_stats(data.images[np.isin(data.galaxy_id, train_ids)])
         np.testing.assert_allclose(dm.stats[domain]["mean"], mean)
         np.testing.assert_allclose(dm.stats[domain]["std"], std)
@@ -67,8 +71,7 @@ def test_training_batches_hold_no_target_labels(tmp_path):
     # rows point back into the file: same galaxy ids, same (normalised) pixels
     data = read_domain(dm.paths["target"])
     rows = batch["index"].numpy()
-    test_ids = split_galaxies(np.concatenate([dm.galaxy_ids["source"], data.galaxy_id]),
-                              (0.7, 0.1, 0.2), 0)["test"]
+    test_ids = dm.split_ids["test"]
     assert np.isin(data.galaxy_id[rows], test_ids).all()
     mean = np.asarray(dm.stats["target"]["mean"])[:, None, None]
     std = np.asarray(dm.stats["target"]["std"])[:, None, None]

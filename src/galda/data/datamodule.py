@@ -201,6 +201,7 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         self.attrs: dict[str, dict[str, Any]] = {}
         self.galaxy_ids: dict[str, np.ndarray] = {}
         self.image_shape: tuple[int, ...] = ()
+        self.split_ids: dict[str, np.ndarray] = {}
 
     def configure_training(self, target_images: bool, target_labels: bool) -> None:
         """What the training loader yields: source only, or source and target (with labels)."""
@@ -248,6 +249,7 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
                                   np.full(len(data["target"].galaxy_id), -1)])
         order = np.argsort(ids, kind="stable")  # a galaxy's first image is a source one if any
         split = split_galaxies(ids[order], self.split_fractions, self.split_seed, classes[order])
+        self.split_ids = split  # galaxy ids per split (shared by both domains)
         for domain in DOMAINS:
             self._setup_domain(domain, data[domain], split)
         log.info("Split by galaxy (split_seed=%d): %s", self.split_seed, self.split_sizes)
