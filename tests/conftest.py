@@ -23,13 +23,20 @@ def sim_data_dir(tmp_path_factory) -> Path:
     from galda.simulate import simulate_domains
 
     root = tmp_path_factory.mktemp("data")
-    simulate_domains(preset="tiny", out=root / "simulated" / "tiny-seed1", seed=1, workers=1,
-                     progress=False)
+    simulate_domains(
+        preset="tiny", out=root / "simulated" / "tiny-seed1", seed=1, workers=1, progress=False
+    )
     return root
 
 
-def make_domain_files(folder: Path, n_galaxies: int = 40, views: int = 2, seed: int = 0,
-                      noise: float = 0.0, labelled_target: bool = True) -> tuple[Path, Path]:
+def make_domain_files(
+    folder: Path,
+    n_galaxies: int = 40,
+    views: int = 2,
+    seed: int = 0,
+    noise: float = 0.0,
+    labelled_target: bool = True,
+) -> tuple[Path, Path]:
     """Synthetic paired domains with `views` images per galaxy (mergers have a second blob)."""
     from galda.data.h5format import write_domain
 
@@ -40,14 +47,25 @@ def make_domain_files(folder: Path, n_galaxies: int = 40, views: int = 2, seed: 
     yy, xx = np.mgrid[:75, :75]
     images = np.zeros((len(ids), 3, 75, 75), np.float32)
     for i, y in enumerate(labels):
-        images[i] += np.exp(-((xx - 37) ** 2 + (yy - 37) ** 2) / 20.0) * (1 + np.arange(3))[:, None, None]
+        images[i] += (
+            np.exp(-((xx - 37) ** 2 + (yy - 37) ** 2) / 20.0) * (1 + np.arange(3))[:, None, None]
+        )
         if y:
             images[i] += 0.6 * np.exp(-((xx - 48) ** 2 + (yy - 40) ** 2) / 8.0)
-    source = write_domain(folder / "source.h5", images, labels, ids, attrs={"domain": "source"},
-                          overwrite=True)
-    noisy = images + rng.normal(0, noise, images.shape).astype(np.float32) if noise else images + 1.0
-    target = write_domain(folder / "target.h5", noisy, labels if labelled_target else None, ids,
-                          attrs={"domain": "target"}, overwrite=True)
+    source = write_domain(
+        folder / "source.h5", images, labels, ids, attrs={"domain": "source"}, overwrite=True
+    )
+    noisy = (
+        images + rng.normal(0, noise, images.shape).astype(np.float32) if noise else images + 1.0
+    )
+    target = write_domain(
+        folder / "target.h5",
+        noisy,
+        labels if labelled_target else None,
+        ids,
+        attrs={"domain": "target"},
+        overwrite=True,
+    )
     return source, target
 
 
@@ -74,4 +92,3 @@ def compose_cfg(tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
-

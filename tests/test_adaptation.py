@@ -23,16 +23,21 @@ class _LastStep(pl.Callback):
         self.step = trainer.global_step
 
 
-def test_schedules_reach_their_planned_end_when_the_budget_ends(compose_cfg, sim_data_dir,
-                                                                 monkeypatch):
+def test_schedules_reach_their_planned_end_when_the_budget_ends(
+    compose_cfg, sim_data_dir, monkeypatch
+):
     spy = _LastStep()
     from galda import train as train_module
 
     original = train_module._callbacks_and_loggers
-    monkeypatch.setattr(train_module, "_callbacks_and_loggers",
-                        lambda cfg, run_dir: (original(cfg, run_dir)[0] + [spy], []))
-    cfg = compose_cfg(*TINY, f"paths.data_dir={sim_data_dir}", "method=dann",
-                      "trainer.max_epochs=3")
+    monkeypatch.setattr(
+        train_module,
+        "_callbacks_and_loggers",
+        lambda cfg, run_dir: (original(cfg, run_dir)[0] + [spy], []),
+    )
+    cfg = compose_cfg(
+        *TINY, f"paths.data_dir={sim_data_dir}", "method=dann", "trainer.max_epochs=3"
+    )
     results = train(cfg)
     assert results["epochs_run"] == 3  # stopped by the budget
     base_lr = float(cfg.optim.optimizer.lr)
@@ -47,8 +52,11 @@ def test_resume_with_another_budget_stops_with_the_way_out(compose_cfg, sim_data
     train(compose_cfg(*TINY, f"paths.data_dir={sim_data_dir}", "trainer.max_epochs=1", run_dir=run))
     (run / "results.json").unlink()  # as if the run had been interrupted
     with pytest.raises(GaldaError, match=r"trainer.max_epochs=1.*resume=false"):
-        train(compose_cfg(*TINY, f"paths.data_dir={sim_data_dir}", "trainer.max_epochs=2",
-                          run_dir=run))
+        train(
+            compose_cfg(
+                *TINY, f"paths.data_dir={sim_data_dir}", "trainer.max_epochs=2", run_dir=run
+            )
+        )
 
 
 def test_corrupt_last_checkpoint_is_named(compose_cfg, sim_data_dir, tmp_path):
@@ -59,8 +67,9 @@ def test_corrupt_last_checkpoint_is_named(compose_cfg, sim_data_dir, tmp_path):
         train(compose_cfg(*TINY, f"paths.data_dir={sim_data_dir}", run_dir=run))
 
 
-def test_job_reruns_when_a_default_it_depends_on_changed(compose_cfg, sim_data_dir, tmp_path,
-                                                          caplog):
+def test_job_reruns_when_a_default_it_depends_on_changed(
+    compose_cfg, sim_data_dir, tmp_path, caplog
+):
     run = tmp_path / "run"
     overrides = (*TINY, f"paths.data_dir={sim_data_dir}", "trainer.fast_dev_run=true")
     first = train(compose_cfg(*overrides, run_dir=run))
@@ -112,8 +121,9 @@ def test_adabn_uses_target_statistics_for_target_images_only():
 
 @pytest.mark.parametrize("method", ["adabn", "bnmix", "oracle", "oracle_joint"])
 def test_new_rows_train_and_declare_their_needs(compose_cfg, sim_data_dir, method):
-    cfg = compose_cfg(*TINY, f"paths.data_dir={sim_data_dir}", f"method={method}",
-                      "trainer.fast_dev_run=true")
+    cfg = compose_cfg(
+        *TINY, f"paths.data_dir={sim_data_dir}", f"method={method}", "trainer.fast_dev_run=true"
+    )
     results = train(cfg)
     ceiling = method.startswith("oracle")
     assert results["uses_target_labels"] is ceiling

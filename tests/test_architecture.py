@@ -12,20 +12,31 @@ FAST = ("data=tiny", "model=tiny", "logger=none")
 
 
 def test_data_layer_imports_neither_simulator_nor_methods():
-    code = ("import sys, galda.data, galda.data.datamodule; "
-            "bad = [m for m in sys.modules if m.startswith(('galda.simulate', 'galda.methods'))]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, galda.data, galda.data.datamodule; "
+        "bad = [m for m in sys.modules if m.startswith(('galda.simulate', 'galda.methods'))]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("monitor,mode", [("val/target/acc", "max"), ("val/source/acc", "max"),
-                                          ("val/source/loss", "min")])
-def test_best_score_is_stored_under_the_monitors_name(compose_cfg, sim_data_dir, tmp_path, monitor,
-                                                     mode):
+@pytest.mark.parametrize(
+    "monitor,mode",
+    [("val/target/acc", "max"), ("val/source/acc", "max"), ("val/source/loss", "min")],
+)
+def test_best_score_is_stored_under_the_monitors_name(
+    compose_cfg, sim_data_dir, tmp_path, monitor, mode
+):
     run = tmp_path / monitor.replace("/", "_")
-    cfg = compose_cfg(*FAST, f"paths.data_dir={sim_data_dir}", "trainer.max_epochs=2",
-                      f"selection.monitor={monitor}", f"selection.mode={mode}", run_dir=run)
+    cfg = compose_cfg(
+        *FAST,
+        f"paths.data_dir={sim_data_dir}",
+        "trainer.max_epochs=2",
+        f"selection.monitor={monitor}",
+        f"selection.mode={mode}",
+        run_dir=run,
+    )
     results = train(cfg)
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     ckpt_state = next(v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint"))
@@ -37,14 +48,23 @@ def test_best_score_is_stored_under_the_monitors_name(compose_cfg, sim_data_dir,
     assert not other & set(results)  # no other validation key poses as the selection score
 
 
-@pytest.mark.parametrize("method,images,labels", [("baseline", False, False), ("mmd", True, False),
-                                                  ("dann", True, False), ("oracle", True, True)])
-def test_each_method_gets_exactly_the_target_data_it_declares(compose_cfg, sim_data_dir,
-                                                              monkeypatch, method, images, labels):
+@pytest.mark.parametrize(
+    "method,images,labels",
+    [
+        ("baseline", False, False),
+        ("mmd", True, False),
+        ("dann", True, False),
+        ("oracle", True, True),
+    ],
+)
+def test_each_method_gets_exactly_the_target_data_it_declares(
+    compose_cfg, sim_data_dir, monkeypatch, method, images, labels
+):
     from hydra.utils import get_class
 
-    cfg = compose_cfg(*FAST, f"paths.data_dir={sim_data_dir}", f"method={method}",
-                      "trainer.fast_dev_run=true")
+    cfg = compose_cfg(
+        *FAST, f"paths.data_dir={sim_data_dir}", f"method={method}", "trainer.fast_dev_run=true"
+    )
     method_cls = get_class(cfg.method.module._target_)
     seen = []
     original = method_cls.training_step

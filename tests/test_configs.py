@@ -14,7 +14,9 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-GROUPS = {g: _options(g) for g in ("data", "model", "method", "optim", "trainer", "logger", "callbacks")}
+GROUPS = {
+    g: _options(g) for g in ("data", "model", "method", "optim", "trainer", "logger", "callbacks")
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +30,15 @@ def composer():
 def _combinations() -> list[dict[str, str]]:
     """Every method with every model and every data set (the groups that interact), and every
     option of the other groups once (the full product grows with every new option)."""
-    combos = [{"method": me, "model": mo, "data": d}
-              for me, mo, d in itertools.product(GROUPS["method"], GROUPS["model"], GROUPS["data"])]
+    combos = [
+        {"method": me, "model": mo, "data": d}
+        for me, mo, d in itertools.product(GROUPS["method"], GROUPS["model"], GROUPS["data"])
+    ]
     for group in ("optim", "trainer", "logger", "callbacks"):
-        combos += [{group: option, "method": GROUPS["method"][i % len(GROUPS["method"])]}
-                   for i, option in enumerate(GROUPS[group])]
+        combos += [
+            {group: option, "method": GROUPS["method"][i % len(GROUPS["method"])]}
+            for i, option in enumerate(GROUPS[group])
+        ]
     return combos
 
 

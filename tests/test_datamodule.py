@@ -9,7 +9,10 @@ from tests.conftest import make_domain_files
 
 
 def _dm(folder, **kw):
-    src, tgt = make_domain_files(folder, **{k: kw.pop(k) for k in list(kw) if k in ("n_galaxies", "views", "labelled_target")})
+    src, tgt = make_domain_files(
+        folder,
+        **{k: kw.pop(k) for k in list(kw) if k in ("n_galaxies", "views", "labelled_target")},
+    )
     dm = DomainAdaptationDataModule(str(src), str(tgt), name="synthetic", batch_size=8, **kw)
     dm.setup("fit")
     return dm, src, tgt
@@ -29,7 +32,11 @@ def test_split_is_by_galaxy_and_shared_by_domains(tmp_path):
         labels = {int(data.labels[ids == g][0]) for g in s}
         assert labels == {0, 1}
     # every view of a galaxy is on one side, and both domains use the same split
-    assert dm.split_sizes["source"] == dm.split_sizes["target"] == {"train": 108, "val": 12, "test": 30}
+    assert (
+        dm.split_sizes["source"]
+        == dm.split_sizes["target"]
+        == {"train": 108, "val": 12, "test": 30}
+    )
 
 
 def test_split_ignores_the_training_seed():
@@ -107,9 +114,12 @@ def test_baseline_loader_yields_no_target_batch(tmp_path):
 
 
 def test_missing_imported_file_names_file_and_hint(tmp_path):
-    dm = DomainAdaptationDataModule(str(tmp_path / "simsim" / "source.h5"),
-                                    str(tmp_path / "simsim" / "target.h5"), name="simsim",
-                                    missing_hint="Run: python -m galda.ingest deepmerge ...")
+    dm = DomainAdaptationDataModule(
+        str(tmp_path / "simsim" / "source.h5"),
+        str(tmp_path / "simsim" / "target.h5"),
+        name="simsim",
+        missing_hint="Run: python -m galda.ingest deepmerge ...",
+    )
     with pytest.raises(DataMissingError) as err:
         dm.prepare_data()
     message = str(err.value)
@@ -121,8 +131,14 @@ def test_shape_mismatch_between_domains_is_refused(tmp_path):
     from galda.data.h5format import write_domain
 
     src, _ = make_domain_files(tmp_path, n_galaxies=10, views=1)
-    write_domain(tmp_path / "target.h5", np.zeros((10, 1, 75, 75), np.float32), None,
-                 np.arange(10), attrs={"domain": "target"}, overwrite=True)
+    write_domain(
+        tmp_path / "target.h5",
+        np.zeros((10, 1, 75, 75), np.float32),
+        None,
+        np.arange(10),
+        attrs={"domain": "target"},
+        overwrite=True,
+    )
     dm = DomainAdaptationDataModule(str(src), str(tmp_path / "target.h5"))
     with pytest.raises(GaldaError, match="shapes differ"):
         dm.setup("fit")

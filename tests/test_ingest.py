@@ -128,8 +128,20 @@ def test_deepmerge_set_choice(tmp_path, capsys):
     rc, err = run_cli(capsys, "deepmerge", tmp_path / "dm", "--out", tmp_path / "o", "-q")
     assert_error(rc, err, "dm", "both SimSim and SimReal", "--set")
     assert not (tmp_path / "o").exists()
-    assert main(["deepmerge", str(tmp_path / "dm"), "--out", str(tmp_path / "o"), "--set",
-                 "simreal", "-q"]) == 0
+    assert (
+        main(
+            [
+                "deepmerge",
+                str(tmp_path / "dm"),
+                "--out",
+                str(tmp_path / "o"),
+                "--set",
+                "simreal",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert len(read_domain(tmp_path / "o" / "source.h5")) == 6
 
 
@@ -139,9 +151,26 @@ def test_npy_generic_with_ids_and_chunks(tmp_path, capsys):
     for name, arr in (("X.npy", x), ("y.npy", y), ("ids.npy", ids)):
         np.save(tmp_path / name, arr)
     out = tmp_path / "mine" / "target.h5"
-    rc, err = run_cli(capsys, "npy", "--x", tmp_path / "X.npy", "--y", tmp_path / "y.npy",
-                      "--galaxy-ids", tmp_path / "ids.npy", "--out", out, "--domain", "target",
-                      "--chunk-size", "4", "--band-names", "g,r", "--pixel-scale", "0.396")
+    rc, err = run_cli(
+        capsys,
+        "npy",
+        "--x",
+        tmp_path / "X.npy",
+        "--y",
+        tmp_path / "y.npy",
+        "--galaxy-ids",
+        tmp_path / "ids.npy",
+        "--out",
+        out,
+        "--domain",
+        "target",
+        "--chunk-size",
+        "4",
+        "--band-names",
+        "g,r",
+        "--pixel-scale",
+        "0.396",
+    )
     assert rc == 0, err
     d = read_domain(out)
     np.testing.assert_array_equal(d.images, x)
@@ -158,9 +187,22 @@ def test_npy_drop_nonfinite(tmp_path, capsys):
     np.save(tmp_path / "X.npy", x)
     np.save(tmp_path / "y.npy", labels(10))
     out = tmp_path / "o.h5"
-    rc, err = run_cli(capsys, "npy", "--x", tmp_path / "X.npy", "--y", tmp_path / "y.npy",
-                      "--out", out, "--domain", "source", "--drop-nonfinite", "-q",
-                      "--chunk-size", "3")
+    rc, err = run_cli(
+        capsys,
+        "npy",
+        "--x",
+        tmp_path / "X.npy",
+        "--y",
+        tmp_path / "y.npy",
+        "--out",
+        out,
+        "--domain",
+        "source",
+        "--drop-nonfinite",
+        "-q",
+        "--chunk-size",
+        "3",
+    )
     assert rc == 0, err
     assert "dropped 2 of 10 images" in err
     d = read_domain(out)
@@ -181,8 +223,18 @@ def test_fits_cube_with_csv_labels(tmp_path, capsys):
         w.writerow(["label", "galaxy_id"])
         w.writerows([[int(v), 10 + i] for i, v in enumerate(y)])
     out = tmp_path / "cube.h5"
-    rc, err = run_cli(capsys, "fits", "--cube", tmp_path / "cube.fits", "--labels",
-                      tmp_path / "labels.csv", "--out", out, "--domain", "source")
+    rc, err = run_cli(
+        capsys,
+        "fits",
+        "--cube",
+        tmp_path / "cube.fits",
+        "--labels",
+        tmp_path / "labels.csv",
+        "--out",
+        out,
+        "--domain",
+        "source",
+    )
     assert rc == 0, err
     d = read_domain(out)
     np.testing.assert_array_equal(d.images, x)
@@ -198,8 +250,21 @@ def test_fits_scaled_integer_cube(tmp_path, capsys):
     hdu.header["BSCALE"] = 0.5
     hdu.header["BZERO"] = 10.0
     hdu.writeto(tmp_path / "int.fits")
-    assert main(["fits", "--cube", str(tmp_path / "int.fits"), "--out", str(tmp_path / "i.h5"),
-                 "--domain", "target", "-q"]) == 0
+    assert (
+        main(
+            [
+                "fits",
+                "--cube",
+                str(tmp_path / "int.fits"),
+                "--out",
+                str(tmp_path / "i.h5"),
+                "--domain",
+                "target",
+                "-q",
+            ]
+        )
+        == 0
+    )
     d = read_domain(tmp_path / "i.h5")
     np.testing.assert_allclose(d.images, raw * 0.5 + 10.0)
     assert d.labels is None
@@ -224,8 +289,18 @@ def test_fits_stamps_folder(tmp_path, capsys):
         w.writerow(["filename", "label", "galaxy_id"])
         w.writerows(rows)
     out = tmp_path / "s.h5"
-    rc, err = run_cli(capsys, "fits", "--stamps", stamps, "--labels", tmp_path / "t.csv",
-                      "--out", out, "--domain", "source")
+    rc, err = run_cli(
+        capsys,
+        "fits",
+        "--stamps",
+        stamps,
+        "--labels",
+        tmp_path / "t.csv",
+        "--out",
+        out,
+        "--domain",
+        "source",
+    )
     assert rc == 0, err
     d = read_domain(out)
     np.testing.assert_array_equal(d.images, x)
@@ -238,9 +313,19 @@ def test_hdf5_import(tmp_path, capsys):
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["cutouts/img"] = x
         f["cutouts/is_merger"] = y
-    rc, err = run_cli(capsys, "hdf5", tmp_path / "other.h5", "--images-key", "cutouts/img",
-                      "--labels-key", "cutouts/is_merger", "--out", tmp_path / "o.h5",
-                      "--domain", "source")
+    rc, err = run_cli(
+        capsys,
+        "hdf5",
+        tmp_path / "other.h5",
+        "--images-key",
+        "cutouts/img",
+        "--labels-key",
+        "cutouts/is_merger",
+        "--out",
+        tmp_path / "o.h5",
+        "--domain",
+        "source",
+    )
     assert rc == 0, err
     d = read_domain(tmp_path / "o.h5")
     np.testing.assert_array_equal(d.images, x)
@@ -254,8 +339,16 @@ def test_hdf5_import(tmp_path, capsys):
 
 def npy_case(tmp_path, capsys, x, y=None, *extra):
     np.save(tmp_path / "X_bad.npy", x)
-    args = ["npy", "--x", tmp_path / "X_bad.npy", "--out", tmp_path / "out.h5",
-            "--domain", "source", *extra]
+    args = [
+        "npy",
+        "--x",
+        tmp_path / "X_bad.npy",
+        "--out",
+        tmp_path / "out.h5",
+        "--domain",
+        "source",
+        *extra,
+    ]
     if y is not None:
         np.save(tmp_path / "y_bad.npy", y)
         args[3:3] = ["--y", tmp_path / "y_bad.npy"]
@@ -326,16 +419,32 @@ def test_bad_truncated_npy(tmp_path, capsys):
     np.save(tmp_path / "full.npy", images(10, 3, 8))
     blob = (tmp_path / "full.npy").read_bytes()
     (tmp_path / "X_cut.npy").write_bytes(blob[: len(blob) // 2])
-    rc, err = run_cli(capsys, "npy", "--x", tmp_path / "X_cut.npy", "--out", tmp_path / "o.h5",
-                      "--domain", "target")
+    rc, err = run_cli(
+        capsys,
+        "npy",
+        "--x",
+        tmp_path / "X_cut.npy",
+        "--out",
+        tmp_path / "o.h5",
+        "--domain",
+        "target",
+    )
     assert_error(rc, err, "X_cut.npy", "truncated", "header implies")
     assert not (tmp_path / "o.h5").exists()
 
 
 def test_bad_corrupt_npy(tmp_path, capsys):
     (tmp_path / "X_junk.npy").write_bytes(b"this is not an array" * 20)
-    rc, err = run_cli(capsys, "npy", "--x", tmp_path / "X_junk.npy", "--out", tmp_path / "o.h5",
-                      "--domain", "target")
+    rc, err = run_cli(
+        capsys,
+        "npy",
+        "--x",
+        tmp_path / "X_junk.npy",
+        "--out",
+        tmp_path / "o.h5",
+        "--domain",
+        "target",
+    )
     assert_error(rc, err, "X_junk.npy", "corrupt", ".npy")
     assert not (tmp_path / "o.h5").exists()
 
@@ -343,18 +452,47 @@ def test_bad_corrupt_npy(tmp_path, capsys):
 def test_bad_channel_count_between_domains(tmp_path, capsys):
     make_set(tmp_path / "dm", SIMSIM, n=6, target_c=1)
     rc, err = run_cli(capsys, "deepmerge", tmp_path / "dm", "--out", tmp_path / "o")
-    assert_error(rc, err, "SimSim_TARGET_X_Illustris2_noisy.npy", "channel count differs",
-                 "1 channels here", "3 in SimSim_SOURCE_X")
+    assert_error(
+        rc,
+        err,
+        "SimSim_TARGET_X_Illustris2_noisy.npy",
+        "channel count differs",
+        "1 channels here",
+        "3 in SimSim_SOURCE_X",
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_bad_channel_count_against_match(tmp_path, capsys):
     np.save(tmp_path / "a.npy", images(4, 3, 8))
     np.save(tmp_path / "b.npy", images(4, 2, 8))
-    assert main(["npy", "--x", str(tmp_path / "a.npy"), "--out", str(tmp_path / "s.h5"),
-                 "--domain", "target", "-q"]) == 0
-    rc, err = run_cli(capsys, "npy", "--x", tmp_path / "b.npy", "--out", tmp_path / "t.h5",
-                      "--domain", "target", "--match", tmp_path / "s.h5")
+    assert (
+        main(
+            [
+                "npy",
+                "--x",
+                str(tmp_path / "a.npy"),
+                "--out",
+                str(tmp_path / "s.h5"),
+                "--domain",
+                "target",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    rc, err = run_cli(
+        capsys,
+        "npy",
+        "--x",
+        tmp_path / "b.npy",
+        "--out",
+        tmp_path / "t.h5",
+        "--domain",
+        "target",
+        "--match",
+        tmp_path / "s.h5",
+    )
     assert_error(rc, err, "b.npy", "channel count differs", "2 channels here", "3 in s.h5")
     assert not (tmp_path / "t.h5").exists()
 
@@ -364,8 +502,16 @@ def test_bad_fits_without_image(tmp_path, capsys):
 
     table = fits.BinTableHDU.from_columns([fits.Column(name="label", format="E", array=[0, 1])])
     fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp_path / "table.fits")
-    rc, err = run_cli(capsys, "fits", "--cube", tmp_path / "table.fits", "--out",
-                      tmp_path / "o.h5", "--domain", "target")
+    rc, err = run_cli(
+        capsys,
+        "fits",
+        "--cube",
+        tmp_path / "table.fits",
+        "--out",
+        tmp_path / "o.h5",
+        "--domain",
+        "target",
+    )
     assert_error(rc, err, "table.fits", "FITS file without image data")
     assert not (tmp_path / "o.h5").exists()
 
@@ -376,16 +522,32 @@ def test_bad_truncated_fits(tmp_path, capsys):
     fits.PrimaryHDU(images(10, 3, 20)).writeto(tmp_path / "full.fits")
     blob = (tmp_path / "full.fits").read_bytes()
     (tmp_path / "cut.fits").write_bytes(blob[: len(blob) // 2])
-    rc, err = run_cli(capsys, "fits", "--cube", tmp_path / "cut.fits", "--out",
-                      tmp_path / "o.h5", "--domain", "target")
+    rc, err = run_cli(
+        capsys,
+        "fits",
+        "--cube",
+        tmp_path / "cut.fits",
+        "--out",
+        tmp_path / "o.h5",
+        "--domain",
+        "target",
+    )
     assert_error(rc, err, "cut.fits", "truncated")
     assert not (tmp_path / "o.h5").exists()
 
 
 def test_bad_corrupt_fits(tmp_path, capsys):
     (tmp_path / "junk.fits").write_bytes(b"not fits at all" * 300)
-    rc, err = run_cli(capsys, "fits", "--cube", tmp_path / "junk.fits", "--out",
-                      tmp_path / "o.h5", "--domain", "target")
+    rc, err = run_cli(
+        capsys,
+        "fits",
+        "--cube",
+        tmp_path / "junk.fits",
+        "--out",
+        tmp_path / "o.h5",
+        "--domain",
+        "target",
+    )
     assert_error(rc, err, "junk.fits", "corrupt", "FITS")
 
 
@@ -395,8 +557,18 @@ def test_bad_stamp_shape_mismatch(tmp_path, capsys):
     np.save(stamps / "a.npy", images(1, 1, 8)[0])
     np.save(stamps / "b.npy", images(1, 1, 9)[0])
     (tmp_path / "t.csv").write_text("filename\na.npy\nb.npy\n")
-    rc, err = run_cli(capsys, "fits", "--stamps", stamps, "--labels", tmp_path / "t.csv",
-                      "--out", tmp_path / "o.h5", "--domain", "target")
+    rc, err = run_cli(
+        capsys,
+        "fits",
+        "--stamps",
+        stamps,
+        "--labels",
+        tmp_path / "t.csv",
+        "--out",
+        tmp_path / "o.h5",
+        "--domain",
+        "target",
+    )
     assert_error(rc, err, "b.npy", "differs from the first stamp")
     assert h5_files(tmp_path) == []
 
@@ -405,8 +577,9 @@ def test_bad_missing_deepmerge_file(tmp_path, capsys):
     make_set(tmp_path / "dm", SIMSIM, n=4)
     (tmp_path / "dm" / SIMSIM[("source", "y")]).unlink()
     rc, err = run_cli(capsys, "deepmerge", tmp_path / "dm", "--out", tmp_path / "o")
-    assert_error(rc, err, "dm", "missing SimSim source labels",
-                 "SimSim_SOURCE_y_Illustris2_pristine.npy")
+    assert_error(
+        rc, err, "dm", "missing SimSim source labels", "SimSim_SOURCE_y_Illustris2_pristine.npy"
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -420,9 +593,23 @@ def test_cli_subprocess_error_exit(tmp_path):
     np.save(tmp_path / "X.npy", images(4, 3, 8))
     np.save(tmp_path / "y.npy", labels(4) * 3)
     proc = subprocess.run(
-        [sys.executable, "-m", "galda.ingest", "npy", "--x", str(tmp_path / "X.npy"), "--y",
-         str(tmp_path / "y.npy"), "--out", str(tmp_path / "o.h5"), "--domain", "source"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "galda.ingest",
+            "npy",
+            "--x",
+            str(tmp_path / "X.npy"),
+            "--y",
+            str(tmp_path / "y.npy"),
+            "--out",
+            str(tmp_path / "o.h5"),
+            "--domain",
+            "source",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("galda.ingest: error: ") and "y.npy" in proc.stderr
@@ -456,12 +643,38 @@ def test_interrupted_conversion_leaves_old_or_none(tmp_path, sig, old):
     np.save(tmp_path / "X.npy", x)
     out = tmp_path / "out" / "target.h5"
     if old:
-        assert main(["npy", "--x", str(tmp_path / "X.npy"), "--out", str(out), "--domain",
-                     "target", "-q"]) == 0
+        assert (
+            main(
+                [
+                    "npy",
+                    "--x",
+                    str(tmp_path / "X.npy"),
+                    "--out",
+                    str(out),
+                    "--domain",
+                    "target",
+                    "-q",
+                ]
+            )
+            == 0
+        )
         before = digest(out)
     env = dict(os.environ, GALDA_INGEST_TEST_SLEEP="0.2")
-    cmd = [sys.executable, "-m", "galda.ingest", "npy", "--x", str(tmp_path / "X.npy"), "--out",
-           str(out), "--domain", "target", "--chunk-size", "2", "-q"] + (["--force"] if old else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "galda.ingest",
+        "npy",
+        "--x",
+        str(tmp_path / "X.npy"),
+        "--out",
+        str(out),
+        "--domain",
+        "target",
+        "--chunk-size",
+        "2",
+        "-q",
+    ] + (["--force"] if old else [])
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90
@@ -504,9 +717,21 @@ def test_converted_data_trains(tmp_path, data, names, method, target_labels):
     assert main(["deepmerge", str(tmp_path / "dm"), "--out", str(data_dir / data), "-q"]) == 0
     env = dict(os.environ, GALDA_ROOT=str(tmp_path / "runs"))
     proc = subprocess.run(
-        [sys.executable, "-m", "galda.run", f"data={data}", f"paths.data_dir={data_dir}",
-         "model=deepmerge", f"method={method}", "++trainer.fast_dev_run=true"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+        [
+            sys.executable,
+            "-m",
+            "galda.run",
+            f"data={data}",
+            f"paths.data_dir={data_dir}",
+            "model=deepmerge",
+            f"method={method}",
+            "++trainer.fast_dev_run=true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -516,9 +741,19 @@ def test_missing_simsim_names_file_and_hint(tmp_path):
         pytest.skip("galda.run not written yet")
     env = dict(os.environ, GALDA_ROOT=str(tmp_path / "runs"))
     proc = subprocess.run(
-        [sys.executable, "-m", "galda.run", "data=simsim", f"paths.data_dir={tmp_path / 'nodata'}",
-         "++trainer.fast_dev_run=true"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+        [
+            sys.executable,
+            "-m",
+            "galda.run",
+            "data=simsim",
+            f"paths.data_dir={tmp_path / 'nodata'}",
+            "++trainer.fast_dev_run=true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
     )
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0

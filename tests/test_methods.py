@@ -4,7 +4,7 @@ import functools
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from galda.losses import ganin_coefficient
 from galda.methods import BaselineClassifier, DANNClassifier, MMDClassifier
@@ -29,8 +29,15 @@ class _Paired(torch.utils.data.Dataset):
 
 
 def _fit(module, steps, lr=1e-3):
-    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(module, DataLoader(_Paired(), batch_size=16, shuffle=True))
     return trainer
 
@@ -45,7 +52,9 @@ def test_one_dann_step_updates_every_discriminator_parameter():
     before = [p.detach().clone() for p in module.discriminator.parameters()]
     _fit(module, steps=1)
     after = list(module.discriminator.parameters())
-    assert all(not torch.equal(b, a) for b, a in zip(before, after)), "discriminator was not trained"
+    assert all(not torch.equal(b, a) for b, a in zip(before, after)), (
+        "discriminator was not trained"
+    )
 
 
 def test_dann_optimizer_holds_the_discriminator_at_its_own_rate():
@@ -55,12 +64,17 @@ def test_dann_optimizer_holds_the_discriminator_at_its_own_rate():
     groups = {g["name"]: g for g in opt.param_groups}
     disc = {id(p) for p in module.discriminator.parameters()}
     assert disc == {id(p) for p in groups["discriminator"]["params"]}
-    assert abs(groups["discriminator"]["lr"] - 1e-4) < 1e-12 and abs(groups["net"]["lr"] - 1e-3) < 1e-12
+    assert (
+        abs(groups["discriminator"]["lr"] - 1e-4) < 1e-12
+        and abs(groups["net"]["lr"] - 1e-3) < 1e-12
+    )
 
 
 def test_discriminator_learns_clearly_shifted_domains():
     pl.seed_everything(0)
-    module = DANNClassifier(TinyNet(), optimizer=_opt(1e-2), schedule="constant", max_coefficient=0.0)
+    module = DANNClassifier(
+        TinyNet(), optimizer=_opt(1e-2), schedule="constant", max_coefficient=0.0
+    )
     _fit(module, steps=30)
     x = _Paired(n=64)
     module.eval()
@@ -82,7 +96,9 @@ def test_reversal_coefficient_follows_training_progress():
 def test_mmd_module_adds_a_positive_transfer_loss_on_shifted_data():
     module = MMDClassifier(TinyNet(), optimizer=_opt(), bandwidths="median")
     data = _Paired(n=32)
-    loss, _ = module.transfer_loss(StepOutputs(*module.net(data.xs)), StepOutputs(*module.net(data.xt)))
+    loss, _ = module.transfer_loss(
+        StepOutputs(*module.net(data.xs)), StepOutputs(*module.net(data.xt))
+    )
     assert loss.item() > 0 and loss.requires_grad
 
 

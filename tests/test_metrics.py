@@ -69,7 +69,9 @@ def test_single_class_does_not_crash(label):
     assert math.isnan(m["auroc"])
     pred = (p > 0.5).astype(int)
     assert m["acc"] == pytest.approx(skm.accuracy_score(y, pred))
-    assert m["brier"] == pytest.approx(skm.brier_score_loss(y, p, pos_label=1) if label else np.mean(p**2))
+    assert m["brier"] == pytest.approx(
+        skm.brier_score_loss(y, p, pos_label=1) if label else np.mean(p**2)
+    )
     cm = binary_confusion(p, y)
     assert sum(map(sum, cm)) == 9
     fpr, tpr = binary_roc(p, y)

@@ -27,22 +27,49 @@ MISSING = ("deepmerge", "mmd", 3)  # never written
 FAILED = ("resnet18", "dann", 2)  # status "failed"
 
 
-def write_run(root: Path, data: str, model: str, method: str, seed: int, *, failed: bool = False,
-              target_labels: bool = True, n: int = 240) -> Path:
+def write_run(
+    root: Path,
+    data: str,
+    model: str,
+    method: str,
+    seed: int,
+    *,
+    failed: bool = False,
+    target_labels: bool = True,
+    n: int = 240,
+) -> Path:
     run = root / f"data={data},method={method},model={model},seed={seed}"
     run.mkdir(parents=True, exist_ok=True)
-    base = {"schema_version": 1, "data": data, "model": model, "method": method, "seed": seed,
-            "uses_target_labels": method == "oracle", "run_dir": str(run),
-            "overrides": [f"data={data}", f"model={model}", f"method={method}", f"seed={seed}"]}
+    base = {
+        "schema_version": 1,
+        "data": data,
+        "model": model,
+        "method": method,
+        "seed": seed,
+        "uses_target_labels": method == "oracle",
+        "run_dir": str(run),
+        "overrides": [f"data={data}", f"model={model}", f"method={method}", f"seed={seed}"],
+    }
     if failed:
         base.update(status="failed", error="RuntimeError: CUDA out of memory\nTraceback ...")
         (run / "results.json").write_text(json.dumps(base))
         return run
     rng = np.random.default_rng(zlib.crc32(f"{data}/{model}/{method}/{seed}".encode()))
-    res = dict(base, status="complete", error=None, selection={"monitor": "val/source/acc",
-               "mode": "max"}, epochs_run=3, best_epoch=2, wall_time_s=1.0, device="cpu",
-               git_commit=None, versions={}, checkpoint=None, predictions="predictions.npz",
-               confusion={})
+    res = dict(
+        base,
+        status="complete",
+        error=None,
+        selection={"monitor": "val/source/acc", "mode": "max"},
+        epochs_run=3,
+        best_epoch=2,
+        wall_time_s=1.0,
+        device="cpu",
+        git_commit=None,
+        versions={},
+        checkpoint=None,
+        predictions="predictions.npz",
+        confusion={},
+    )
     arrays = {}
     for dom, q in zip(("source", "target"), QUALITY[method]):
         y = rng.integers(0, 2, n)
@@ -62,17 +89,24 @@ def write_run(root: Path, data: str, model: str, method: str, seed: int, *, fail
     return run
 
 
-def write_sweep(folder: Path, data: str, model: str, params: dict[str, str],
-                task: tuple[str, ...] = ()) -> Path:
+def write_sweep(
+    folder: Path, data: str, model: str, params: dict[str, str], task: tuple[str, ...] = ()
+) -> Path:
     """The parts of a Hydra ``multirun.yaml`` the report reads (the sweep's grid)."""
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)
     basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-    cfg = {"hydra": {"sweeper": {"_target_": basic, "params": params},
-                     "overrides": {"task": list(task)}},
-           "data": {"name": data}, "model": {"name": model}, "method": {"name": "baseline"},
-           "seed": 1}
+    cfg = {
+        "hydra": {
+            "sweeper": {"_target_": basic, "params": params},
+            "overrides": {"task": list(task)},
+        },
+        "data": {"name": data},
+        "model": {"name": model},
+        "method": {"name": "baseline"},
+        "seed": 1,
+    }
     path = folder / "multirun.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -81,14 +115,25 @@ def write_sweep(folder: Path, data: str, model: str, params: dict[str, str],
 def make_runs(root: Path, data: str = "small", oracle: bool = True) -> Path:
     for model in MODELS:
         # each model's sweep asked for every method and seed (one of them never wrote results)
-        write_sweep(root / "multirun" / model, data, model, {"method": "baseline,mmd,dann"},
-                    task=(f"model={model}", "seed=1,2,3"))
+        write_sweep(
+            root / "multirun" / model,
+            data,
+            model,
+            {"method": "baseline,mmd,dann"},
+            task=(f"model={model}", "seed=1,2,3"),
+        )
         for method in METHODS:
             for seed in SEEDS:
                 if (model, method, seed) == MISSING:
                     continue
-                write_run(root / "multirun" / model, data, model, method, seed,
-                          failed=(model, method, seed) == FAILED)
+                write_run(
+                    root / "multirun" / model,
+                    data,
+                    model,
+                    method,
+                    seed,
+                    failed=(model, method, seed) == FAILED,
+                )
     if oracle:
         for seed in SEEDS:
             write_run(root / "oracle_runs", data, "deepmerge", "oracle", seed)
@@ -124,38 +169,64 @@ def test_table1_values_match_numpy(report):
     md = (out / "table1.md").read_text()
     for model in MODELS:
         for method in (*METHODS, "oracle"):
-            vals = {d: np.array([r[f"test/{d}/acc"] for r in raw
-                                 if r["model"] == model and r["method"] == method])
-                    for d in ("source", "target")}
+            vals = {
+                d: np.array(
+                    [
+                        r[f"test/{d}/acc"]
+                        for r in raw
+                        if r["model"] == model and r["method"] == method
+                    ]
+                )
+                for d in ("source", "target")
+            }
             if vals["source"].size == 0:
                 continue
             for dom, v in vals.items():
-                row = next(r for r in rows if (r["model"], r["method"], r["domain"])
-                           == (model, method, dom))
+                row = next(
+                    r
+                    for r in rows
+                    if (r["model"], r["method"], r["domain"]) == (model, method, dom)
+                )
                 assert int(row["n"]) == v.size
                 assert float(row["acc_mean"]) == pytest.approx(v.mean(), abs=1e-12)
                 assert float(row["acc_std"]) == pytest.approx(v.std(ddof=1), abs=1e-12)
                 expected = [int(s) for s in row["seeds"].split()]
                 assert len(expected) == v.size
     # the Markdown cell for DeepMerge / MMD (seed 3 missing): n=2 and marked
-    v = np.array([r["test/source/acc"] for r in raw
-                  if r["model"] == "deepmerge" and r["method"] == "mmd"])
+    v = np.array(
+        [r["test/source/acc"] for r in raw if r["model"] == "deepmerge" and r["method"] == "mmd"]
+    )
     cell = md_row(md, "MMD")[1]
     assert cell == f"{100 * v.mean():.1f} ± {100 * v.std(ddof=1):.1f} (n=2) †"
     assert md_row(md, "No domain adaptation")[1].endswith("(n=3)")
     header = md_row(md, "Method")
-    assert header == ["Method", "Source DeepMerge", "Source ResNet18", "Target DeepMerge",
-                      "Target ResNet18"]
-    assert [r[0] for r in (md_row(md, m) for m in ("No domain adaptation", "MMD",
-            "Adversarial (DANN)"))]  # paper's row labels
+    assert header == [
+        "Method",
+        "Source DeepMerge",
+        "Source ResNet18",
+        "Target DeepMerge",
+        "Target ResNet18",
+    ]
+    assert [
+        r[0] for r in (md_row(md, m) for m in ("No domain adaptation", "MMD", "Adversarial (DANN)"))
+    ]  # paper's row labels
     # full metrics table: six metrics per group and domain
     with open(out / "metrics.csv", newline="") as fh:
         mrows = list(csv.DictReader(fh))
     assert len(mrows) == 7 * 2 * 6
-    auc = [r for r in mrows if (r["model"], r["method"], r["domain"], r["metric"])
-           == ("resnet18", "baseline", "target", "auroc")][0]
-    v = np.array([r["test/target/auroc"] for r in raw
-                  if r["model"] == "resnet18" and r["method"] == "baseline"])
+    auc = [
+        r
+        for r in mrows
+        if (r["model"], r["method"], r["domain"], r["metric"])
+        == ("resnet18", "baseline", "target", "auroc")
+    ][0]
+    v = np.array(
+        [
+            r["test/target/auroc"]
+            for r in raw
+            if r["model"] == "resnet18" and r["method"] == "baseline"
+        ]
+    )
     assert float(auc["mean"]) == pytest.approx(v.mean())
     assert "Brier" in (out / "metrics.md").read_text()
 
@@ -165,8 +236,11 @@ def test_missing_and_failed_seeds_are_named(report):
     md = (out / "table1.md").read_text()
     notes = md.split("Notes:")[1]
     assert re.search(r"DeepMerge · MMD †: seed\(s\) 3 missing", notes)
-    assert re.search(r"ResNet18 · Adversarial \(DANN\) †: seed 2 failed: RuntimeError: CUDA out of "
-                     r"memory", notes)
+    assert re.search(
+        r"ResNet18 · Adversarial \(DANN\) †: seed 2 failed: RuntimeError: CUDA out of "
+        r"memory",
+        notes,
+    )
     assert "ResNet18 · Oracle (trained with target labels) ‡: not run" in notes
     assert md_row(md, "Adversarial (DANN)")[2].endswith("(n=2) †")
     assert not md_row(md, "Adversarial (DANN)")[1].endswith("†")
@@ -222,8 +296,11 @@ def test_paper_numbers_beside_ours(report):
     assert "Oracle (trained with target labels) ‡ — paper, Table 1" not in md
     with open(out / "table1_vs_paper.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    r = next(r for r in rows if (r["method"], r["domain"], r["model"])
-             == ("baseline", "source", "deepmerge"))
+    r = next(
+        r
+        for r in rows
+        if (r["method"], r["domain"], r["model"]) == ("baseline", "source", "deepmerge")
+    )
     assert float(r["paper_table1_pct"]) == 84.8 and float(r["paper_10seed_mean_pct"]) == 83.6
     assert float(r["ours_minus_table1_pct"]) == pytest.approx(float(r["ours_mean_pct"]) - 84.8)
 
@@ -294,8 +371,12 @@ def test_cli(tmp_path, capsys):
 
 
 def test_module_entry_point_on_empty_dir(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "galda.report", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "galda.report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and "no results.json found" in res.stderr
 
 
@@ -317,10 +398,17 @@ def _job_config(run: Path, data: str, model: str, method: str, seed: int) -> Non
     import yaml
 
     (run / ".hydra").mkdir(parents=True, exist_ok=True)
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
-        {"data": {"name": data}, "model": {"name": model},
-         "method": {"name": method, "needs_target_labels": False}, "seed": seed,
-         "selection": {"monitor": "val/source/acc"}}))
+    (run / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "data": {"name": data},
+                "model": {"name": model},
+                "method": {"name": method, "needs_target_labels": False},
+                "seed": seed,
+                "selection": {"monitor": "val/source/acc"},
+            }
+        )
+    )
 
 
 def make_smoke(run: Path) -> None:

@@ -9,9 +9,16 @@ from galda.results import is_complete, read_results, write_results
 
 
 def test_results_are_standard_json_with_nan_as_null(tmp_path):
-    write_results(tmp_path, {"status": "complete", "test/source/acc": np.float32(0.75),
-                             "test/target/auroc": float("nan"), "n": torch.tensor(3),
-                             "nested": {"x": [np.float64(np.inf), 1]}})
+    write_results(
+        tmp_path,
+        {
+            "status": "complete",
+            "test/source/acc": np.float32(0.75),
+            "test/target/auroc": float("nan"),
+            "n": torch.tensor(3),
+            "nested": {"x": [np.float64(np.inf), 1]},
+        },
+    )
     text = (tmp_path / "results.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     res = json.loads(text)

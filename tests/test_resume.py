@@ -12,10 +12,20 @@ from tests.conftest import REPO
 
 
 def _cmd(data_dir, run_dir, *extra):
-    return [sys.executable, "-m", "galda.run", "data=tiny", f"paths.data_dir={data_dir}",
-            "model=deepmerge", "method=dann", "trainer.max_epochs=40", "logger=none",
-            "callbacks.progress_bar=null",
-            f"hydra.run.dir={run_dir}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "galda.run",
+        "data=tiny",
+        f"paths.data_dir={data_dir}",
+        "model=deepmerge",
+        "method=dann",
+        "trainer.max_epochs=40",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
 
 
 def _metrics(run_dir):
@@ -28,8 +38,12 @@ def test_killed_run_resumes_to_the_same_result(sim_data_dir, tmp_path):
     subprocess.run(_cmd(sim_data_dir, reference), check=True, capture_output=True, timeout=600)
 
     resumed = tmp_path / "resumed"
-    proc = subprocess.Popen(_cmd(sim_data_dir, resumed), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(sim_data_dir, resumed),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     last = resumed / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     # kill the whole process group as soon as the first checkpoint exists, part-way through a
@@ -53,9 +67,20 @@ def test_killed_run_resumes_to_the_same_result(sim_data_dir, tmp_path):
 
 
 def test_rerun_sweep_skips_completed_jobs(sim_data_dir, tmp_path):
-    cmd = [sys.executable, "-m", "galda.run", "-m", "data=tiny", f"paths.data_dir={sim_data_dir}",
-           "model=tiny", "seed=1,2", "trainer.fast_dev_run=true", "logger=none",
-           "callbacks.progress_bar=null", f"paths.log_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "galda.run",
+        "-m",
+        "data=tiny",
+        f"paths.data_dir={sim_data_dir}",
+        "model=tiny",
+        "seed=1,2",
+        "trainer.fast_dev_run=true",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        f"paths.log_dir={tmp_path}",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, timeout=600)
     files = sorted(tmp_path.glob("multirun/default/*/results.json"))
     stamps = [p.stat().st_mtime_ns for p in files]

@@ -109,8 +109,23 @@ def test_unpaired_target(tmp_path):
 
 def test_cli(tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = main(["--preset", "tiny", "--out", str(out), "--seed", "1", "--workers", "1",
-               "--no-progress", "--n-mergers", "4", "--n-nonmergers", "4"])
+    rc = main(
+        [
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+            "--seed",
+            "1",
+            "--workers",
+            "1",
+            "--no-progress",
+            "--n-mergers",
+            "4",
+            "--n-nonmergers",
+            "4",
+        ]
+    )
     assert rc == 0
     assert (out / "source.h5").exists() and (out / "target.h5").exists()
     text = capsys.readouterr().out
@@ -124,8 +139,17 @@ def test_cli(tmp_path, capsys):
 
 def test_cli_bad_option_exits_cleanly(tmp_path):
     bad = subprocess.run(
-        [sys.executable, "-m", "galda.simulate", "--preset", "tiny", "--out", str(tmp_path),
-         "--bogus", "1"],
+        [
+            sys.executable,
+            "-m",
+            "galda.simulate",
+            "--preset",
+            "tiny",
+            "--out",
+            str(tmp_path),
+            "--bogus",
+            "1",
+        ],
         check=False,
         capture_output=True,
         text=True,

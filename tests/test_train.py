@@ -21,9 +21,13 @@ def _overrides(data_dir, *extra):
 
 @pytest.mark.parametrize("model", ["deepmerge", "resnet18"])
 @pytest.mark.parametrize("method", ["baseline", "mmd", "dann"])
-@pytest.mark.parametrize("extras", [(), ("method.module.fisher_weight=0.01", "method.module.entropy_weight=0.05")])
+@pytest.mark.parametrize(
+    "extras", [(), ("method.module.fisher_weight=0.01", "method.module.entropy_weight=0.05")]
+)
 def test_every_method_and_model_trains(compose_cfg, sim_data_dir, model, method, extras):
-    cfg = compose_cfg(*_overrides(sim_data_dir, f"model={model}", f"method={method}", *FAST, *extras))
+    cfg = compose_cfg(
+        *_overrides(sim_data_dir, f"model={model}", f"method={method}", *FAST, *extras)
+    )
     results = train(cfg)
     assert results["status"] == "smoke"  # fast_dev_run: never a table entry
     assert 0.0 <= results["test/source/acc"] <= 1.0 and 0.0 <= results["test/target/acc"] <= 1.0
@@ -32,12 +36,27 @@ def test_every_method_and_model_trains(compose_cfg, sim_data_dir, model, method,
 
 
 def test_results_file_and_predictions(compose_cfg, sim_data_dir, tmp_path):
-    cfg = compose_cfg(*_overrides(sim_data_dir, "model=tiny", "method=dann", "trainer.max_epochs=2"),
-                      run_dir=tmp_path / "run")
+    cfg = compose_cfg(
+        *_overrides(sim_data_dir, "model=tiny", "method=dann", "trainer.max_epochs=2"),
+        run_dir=tmp_path / "run",
+    )
     train(cfg)
     results = read_results(tmp_path / "run")
-    for key in ("test/source/acc", "test/target/acc", "test/target/auroc", "data", "model", "method",
-                "seed", "epochs_run", "best_epoch", "git_commit", "versions", "wall_time_s", "device"):
+    for key in (
+        "test/source/acc",
+        "test/target/acc",
+        "test/target/auroc",
+        "data",
+        "model",
+        "method",
+        "seed",
+        "epochs_run",
+        "best_epoch",
+        "git_commit",
+        "versions",
+        "wall_time_s",
+        "device",
+    ):
         assert key in results, key
     assert results["epochs_run"] == 2 and results["best_epoch"] in (0, 1)
     selection = results["selection"]
@@ -54,8 +73,12 @@ def test_results_file_and_predictions(compose_cfg, sim_data_dir, tmp_path):
 def test_same_seed_gives_identical_metrics(compose_cfg, sim_data_dir, tmp_path):
     runs = []
     for name in ("a", "b"):
-        cfg = compose_cfg(*_overrides(sim_data_dir, "model=deepmerge", "method=mmd", "trainer.max_epochs=2",
-                                      "logger=none"), run_dir=tmp_path / name)
+        cfg = compose_cfg(
+            *_overrides(
+                sim_data_dir, "model=deepmerge", "method=mmd", "trainer.max_epochs=2", "logger=none"
+            ),
+            run_dir=tmp_path / name,
+        )
         results = train(cfg)
         runs.append({k: v for k, v in results.items() if k.startswith(("test/", "val/"))})
     assert runs[0] == runs[1]
@@ -67,7 +90,9 @@ def test_oracle_is_labelled_as_using_target_labels(compose_cfg, sim_data_dir):
 
 
 def test_target_selection_is_labelled(compose_cfg, sim_data_dir):
-    cfg = compose_cfg(*_overrides(sim_data_dir, "model=tiny", *FAST, "selection.monitor=val/target/acc"))
+    cfg = compose_cfg(
+        *_overrides(sim_data_dir, "model=tiny", *FAST, "selection.monitor=val/target/acc")
+    )
     assert train(cfg)["uses_target_labels"] is True
 
 
@@ -82,15 +107,28 @@ def test_target_labels_never_reach_the_training_step(compose_cfg, sim_data_dir, 
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(DANNClassifier, "training_step", spy)
-    cfg = compose_cfg(*_overrides(sim_data_dir, "model=tiny", "method=dann", "trainer.max_epochs=1",
-                                  "logger=none"))
+    cfg = compose_cfg(
+        *_overrides(
+            sim_data_dir, "model=tiny", "method=dann", "trainer.max_epochs=1", "logger=none"
+        )
+    )
     train(cfg)
     assert seen and all(isinstance(t, torch.Tensor) and t.ndim == 4 for t in seen)
 
 
 def test_cli_multirun_two_seeds(sim_data_dir, tmp_path):
-    cmd = [sys.executable, "-m", "galda.run", "-m", "model=resnet18", "method=baseline", "seed=1,2",
-           *_overrides(sim_data_dir, *FAST), f"paths.log_dir={tmp_path}", "callbacks.progress_bar=null"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "galda.run",
+        "-m",
+        "model=resnet18",
+        "method=baseline",
+        "seed=1,2",
+        *_overrides(sim_data_dir, *FAST),
+        f"paths.log_dir={tmp_path}",
+        "callbacks.progress_bar=null",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = sorted(tmp_path.glob("multirun/default/*/results.json"))
@@ -100,8 +138,15 @@ def test_cli_multirun_two_seeds(sim_data_dir, tmp_path):
 
 
 def test_cli_reports_user_errors_without_traceback(tmp_path):
-    cmd = [sys.executable, "-m", "galda.run", "data=simsim", f"paths.data_dir={tmp_path}",
-           f"paths.log_dir={tmp_path}", *FAST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "galda.run",
+        "data=simsim",
+        f"paths.data_dir={tmp_path}",
+        f"paths.log_dir={tmp_path}",
+        *FAST,
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -110,9 +155,18 @@ def test_cli_reports_user_errors_without_traceback(tmp_path):
 
 def test_failed_job_does_not_stop_the_sweep(sim_data_dir, tmp_path):
     # the second job has an invalid reversal schedule and fails; the first must still complete
-    cmd = [sys.executable, "-m", "galda.run", "-m", "model=tiny", "method=dann",
-           "method.module.schedule=ganin,bogus", *_overrides(sim_data_dir, *FAST),
-           f"paths.log_dir={tmp_path}", "callbacks.progress_bar=null"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "galda.run",
+        "-m",
+        "model=tiny",
+        "method=dann",
+        "method.module.schedule=ganin,bogus",
+        *_overrides(sim_data_dir, *FAST),
+        f"paths.log_dir={tmp_path}",
+        "callbacks.progress_bar=null",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     # the sweep ends non-zero (after the good job finished) and names the failed job
     assert proc.returncode == 1, proc.stderr[-3000:]

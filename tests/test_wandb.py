@@ -7,9 +7,20 @@ from tests.conftest import REPO
 
 
 def test_multirun_leaves_one_offline_wandb_run_per_job(sim_data_dir, tmp_path):
-    cmd = [sys.executable, "-m", "galda.run", "-m", "logger=wandb", "seed=1,2", "model=tiny",
-           "data=tiny", f"paths.data_dir={sim_data_dir}", "trainer.max_epochs=1",
-           "callbacks.progress_bar=null", f"paths.log_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "galda.run",
+        "-m",
+        "logger=wandb",
+        "seed=1,2",
+        "model=tiny",
+        "data=tiny",
+        f"paths.data_dir={sim_data_dir}",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar=null",
+        f"paths.log_dir={tmp_path}",
+    ]
     env = {**__import__("os").environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

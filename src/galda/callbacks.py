@@ -30,8 +30,13 @@ class PredictionWriter(pl.Callback):
         self.arrays = {}
 
     def on_test_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-        batch_idx: int, dataloader_idx: int = 0,
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         kept = {"probs": outputs["logits"].float().softmax(1)[:, 1], "index": outputs["index"]}
         if outputs.get("labels") is not None:

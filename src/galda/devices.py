@@ -59,8 +59,10 @@ def _check_jobs_per_gpu(jobs_per_gpu: Any) -> int:
     except (TypeError, ValueError):
         value = 0
     if value < 1 or str(jobs_per_gpu).strip() != str(value):
-        raise GaldaError(f"jobs_per_gpu={jobs_per_gpu!r}: must be a whole number >= 1 "
-                         "(e.g. jobs_per_gpu=4 with hydra/launcher=gpus)")
+        raise GaldaError(
+            f"jobs_per_gpu={jobs_per_gpu!r}: must be a whole number >= 1 "
+            "(e.g. jobs_per_gpu=4 with hydra/launcher=gpus)"
+        )
     return value
 
 

@@ -26,6 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchmetrics import MeanSquaredError, MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+)
 from torchmetrics.functional.classification import (
     binary_accuracy,
     binary_auroc,
@@ -35,19 +43,12 @@ from torchmetrics.functional.classification import (
     binary_recall,
 )
 from torchmetrics.functional.classification import binary_roc as _tm_binary_roc
-from torchmetrics import MeanSquaredError, MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryF1Score,
-    BinaryPrecision,
-    BinaryRecall,
-)
 
 __all__ = ["METRIC_NAMES", "binary_metrics", "binary_confusion", "binary_roc", "metric_collection"]
 
 #: Order of the metric keys in :func:`binary_metrics` (also the order of Figure 1's bars).
 METRIC_NAMES: tuple[str, ...] = ("acc", "precision", "recall", "f1", "brier", "auroc")
+
 
 def metric_collection(prefix: str = "", names: Sequence[str] = METRIC_NAMES) -> MetricCollection:
     """The same metrics as torchmetrics objects, ``update(probs, labels)``, for a LightningModule.

@@ -44,14 +44,20 @@ def configure_optimizers(
     keywords = getattr(optimizer_factory, "keywords", {}) or {}
     base_lr = float(keywords.get("lr", 1e-3))
     param_groups = [
-        {"params": g["params"], "lr": base_lr * float(g.get("lr_mult", 1.0)),
-         "name": g.get("name", f"group{i}")}
+        {
+            "params": g["params"],
+            "lr": base_lr * float(g.get("lr_mult", 1.0)),
+            "name": g.get("name", f"group{i}"),
+        }
         for i, g in enumerate(groups)
     ]
     optimizer = optimizer_factory(params=param_groups)
     if scheduler_factory is None:
         return optimizer
     # +1: OneCycleLR counts its initial step; ≥ 4 keeps both phases non-empty (fast_dev_run).
-    scheduler = scheduler_factory(optimizer=optimizer, max_lr=[g["lr"] for g in param_groups],
-                                  total_steps=max(int(total_steps()) + 1, 4))
+    scheduler = scheduler_factory(
+        optimizer=optimizer,
+        max_lr=[g["lr"] for g in param_groups],
+        total_steps=max(int(total_steps()) + 1, 4),
+    )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

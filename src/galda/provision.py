@@ -37,7 +37,9 @@ def ensure_data(data_cfg: DictConfig) -> None:
     simulate: dict[str, Any] = OmegaConf.to_container(data_cfg.simulate, resolve=True)  # type: ignore[assignment]
     out = paths[0].parent
     if paths[1].parent != out:
-        raise GaldaError("data.source_path and data.target_path: simulated files must share a folder")
+        raise GaldaError(
+            "data.source_path and data.target_path: simulated files must share a folder"
+        )
     from filelock import FileLock
 
     from galda.simulate import simulate_domains
@@ -47,6 +49,9 @@ def ensure_data(data_cfg: DictConfig) -> None:
     with FileLock(str(out / ".simulate.lock")):
         if all(p.exists() for p in paths):
             return
-        log.info("Simulating data set '%s' into %s (first use; cached afterwards)",
-                 data_cfg.get("name"), out)
+        log.info(
+            "Simulating data set '%s' into %s (first use; cached afterwards)",
+            data_cfg.get("name"),
+            out,
+        )
         simulate_domains(out=out, progress=True, **simulate)

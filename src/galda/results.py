@@ -127,8 +127,17 @@ def git_commit() -> str | None:
 
 
 def package_versions() -> dict[str, str]:
-    names = ("galda", "torch", "torchvision", "pytorch-lightning", "hydra-core", "torchmetrics",
-             "numpy", "h5py", "galsim")
+    names = (
+        "galda",
+        "torch",
+        "torchvision",
+        "pytorch-lightning",
+        "hydra-core",
+        "torchmetrics",
+        "numpy",
+        "h5py",
+        "galsim",
+    )
     versions = {}
     for name in names:
         try:

@@ -68,7 +68,9 @@ def _print_summary(results: dict, cfg: DictConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{results['data']} · {results['model']} · {results['method']} · seed {results['seed']}")
+    table = Table(
+        title=f"{results['data']} · {results['model']} · {results['method']} · seed {results['seed']}"
+    )
     table.add_column("domain")
     for metric in ("acc", "auroc", "f1"):
         table.add_column(f"test {metric}", justify="right")

@@ -31,6 +31,7 @@ from galda.provision import datamodule_config, ensure_data
 
 log = logging.getLogger(__name__)
 
+
 def _device_name(trainer: pl.Trainer) -> str:
     device = trainer.strategy.root_device
     if device.type == "cuda":
@@ -100,8 +101,10 @@ def rerun_reason(stored: dict[str, Any], cfg: DictConfig) -> str | None:
     if "config" not in stored:
         return "no stored config to compare with"
     now = OmegaConf.to_container(cfg, resolve=True)
-    old, new = (_flatten({k: v for k, v in c.items() if k not in RUN_CONTROL_KEYS})
-                for c in (stored["config"], now))
+    old, new = (
+        _flatten({k: v for k, v in c.items() if k not in RUN_CONTROL_KEYS})
+        for c in (stored["config"], now)
+    )
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:3])
@@ -132,8 +135,12 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
     return module
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[Any] | None = None,
-                  loggers: list[Any] | None = None, **overrides: Any) -> pl.Trainer:
+def build_trainer(
+    cfg: DictConfig,
+    callbacks: list[Any] | None = None,
+    loggers: list[Any] | None = None,
+    **overrides: Any,
+) -> pl.Trainer:
     """The Trainer from ``cfg.trainer`` (atomic checkpoint writes; overrides win)."""
     return instantiate(
         cfg.trainer,
@@ -156,7 +163,8 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "uses_target_images": bool(method_cls.uses_target_images),
         # a run is marked ‡ when target labels trained it or chose its checkpoint
-        "uses_target_labels": bool(method_cls.uses_target_labels) or monitor.startswith("val/target/"),
+        "uses_target_labels": bool(method_cls.uses_target_labels)
+        or monitor.startswith("val/target/"),
         "selection": {"monitor": monitor, "mode": str(cfg.selection.mode)},
     }
 
@@ -164,7 +172,8 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 def _callbacks_and_loggers(cfg: DictConfig, run_dir: Path) -> tuple[list[Any], list[Any]]:
     loggers = _instantiate_dict(cfg.get("logger"))
     callbacks = [
-        cb for cb in _instantiate_dict(cfg.get("callbacks"))
+        cb
+        for cb in _instantiate_dict(cfg.get("callbacks"))
         if loggers or not isinstance(cb, pl.callbacks.LearningRateMonitor)  # needs a logger
     ]
     if not any(isinstance(cb, PredictionWriter) for cb in callbacks):
@@ -183,8 +192,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         stored = res.read_results(run_dir)
         reason = rerun_reason(stored, cfg)
         if reason is None:
-            log.info("Skipping %s: results.json is already complete for this config and code",
-                     run_dir)
+            log.info(
+                "Skipping %s: results.json is already complete for this config and code", run_dir
+            )
             return stored
         log.warning("Re-running %s: %s", run_dir, reason)
         _set_aside(run_dir)
@@ -203,12 +213,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg)
     datamodule.configure_training(module.uses_target_images, type(module).uses_target_labels)
     callbacks, loggers = _callbacks_and_loggers(cfg, run_dir)
-    trainer = build_trainer(cfg, callbacks, loggers,
-                            **configure_job_resources(cfg.get("pin_devices", "auto")))
+    trainer = build_trainer(
+        cfg, callbacks, loggers, **configure_job_resources(cfg.get("pin_devices", "auto"))
+    )
     datamodule.trainer = trainer  # the device for data.on_device
     datamodule.setup("fit")
-    module.set_normalisation(datamodule.stats, datamodule.image_shape,
-                             datamodule.attrs["source"].get("band_names"))
+    module.set_normalisation(
+        datamodule.stats, datamodule.image_shape, datamodule.attrs["source"].get("band_names")
+    )
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -217,7 +229,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt_cb = trainer.checkpoint_callback
         best = (ckpt_cb.best_model_path if ckpt_cb is not None else "") or None
         # temperature scaling on source validation only, stored in the checkpoint for predict
-        temperature = calibrate_checkpoint(best, datamodule) if best and trainer.is_global_zero else None
+        temperature = (
+            calibrate_checkpoint(best, datamodule) if best and trainer.is_global_zero else None
+        )
         trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         test_metrics = _scalars(trainer.callback_metrics, "test/")
         # the selected checkpoint's validation metrics and validators, as the monitor saw them
@@ -228,8 +242,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     smoke = smoke_reasons(OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
     monitor = meta["selection"]["monitor"]
-    best_score = (float(ckpt_cb.best_model_score)
-                  if ckpt_cb is not None and ckpt_cb.best_model_score is not None else None)
+    best_score = (
+        float(ckpt_cb.best_model_score)
+        if ckpt_cb is not None and ckpt_cb.best_model_score is not None
+        else None
+    )
     meta["selection"]["best_score"] = best_score
     predictions = next(cb for cb in callbacks if isinstance(cb, PredictionWriter)).arrays
     results: dict[str, Any] = {
@@ -242,10 +259,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         monitor: best_score,
         **test_metrics,
         "validation": val_metrics,
-        "validators": {k.rsplit("/", 1)[-1]: v for k, v in val_metrics.items()
-                       if k.startswith("val/validator/")},
-        "confusion": {d: binary_confusion(predictions[f"{d}_probs"], predictions[f"{d}_labels"])
-                      for d in ("source", "target") if f"{d}_labels" in predictions},
+        "validators": {
+            k.rsplit("/", 1)[-1]: v
+            for k, v in val_metrics.items()
+            if k.startswith("val/validator/")
+        },
+        "confusion": {
+            d: binary_confusion(predictions[f"{d}_probs"], predictions[f"{d}_labels"])
+            for d in ("source", "target")
+            if f"{d}_labels" in predictions
+        },
         "split_sizes": datamodule.split_sizes,
         "normalisation": datamodule.stats,
         "wall_time_s": round(time.time() - started, 2),
@@ -274,8 +297,13 @@ def write_failure(cfg: DictConfig, error: BaseException) -> None:
         meta = {k: cfg.get(k) for k in ("seed",)}
     res.write_results(
         Path(cfg.paths.output_dir),
-        {"status": "failed", "error": f"{type(error).__name__}: {error}", **meta,
-         "exit_code": 2 if isinstance(error, GaldaError) else 1, "overrides": _task_overrides()},
+        {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            **meta,
+            "exit_code": 2 if isinstance(error, GaldaError) else 1,
+            "overrides": _task_overrides(),
+        },
     )
 
 

@@ -245,8 +245,9 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         self.image_shape = tuple(int(v) for v in shapes["source"])
         ids = np.concatenate([data[d].galaxy_id for d in DOMAINS])
         # classes from the source labels only: target labels never shape the split
-        classes = np.concatenate([data["source"].labels,
-                                  np.full(len(data["target"].galaxy_id), -1)])
+        classes = np.concatenate(
+            [data["source"].labels, np.full(len(data["target"].galaxy_id), -1)]
+        )
         order = np.argsort(ids, kind="stable")  # a galaxy's first image is a source one if any
         split = split_galaxies(ids[order], self.split_fractions, self.split_seed, classes[order])
         self.split_ids = split  # galaxy ids per split (shared by both domains)
@@ -306,7 +307,9 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
     ) -> DataLoader:
         on_cpu = dataset.images.device.type == "cpu"
         workers = self.num_workers if on_cpu else 0
-        sampler = EpochSeededSampler(len(dataset), shuffle_seed) if shuffle_seed is not None else None
+        sampler = (
+            EpochSeededSampler(len(dataset), shuffle_seed) if shuffle_seed is not None else None
+        )
         return DataLoader(
             dataset,
             batch_size=min(self.batch_size, len(dataset)),

@@ -32,24 +32,49 @@ def _common(p: argparse.ArgumentParser, single: bool) -> None:
     g = p.add_argument_group("common options")
     g.add_argument("--force", action="store_true", help="replace existing output files")
     g.add_argument(
-        "--drop-nonfinite", action="store_true",
+        "--drop-nonfinite",
+        action="store_true",
         help="drop images with NaN/inf pixels (with a count) instead of refusing the input",
     )
-    g.add_argument("--size", type=int, default=None, metavar="PIX",
-                   help="require images of PIX x PIX pixels (default: any square size)")
-    g.add_argument("--chunk-size", type=int, default=None, metavar="N",
-                   help="images per read/write chunk (default: about 64 MiB)")
+    g.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        metavar="PIX",
+        help="require images of PIX x PIX pixels (default: any square size)",
+    )
+    g.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images per read/write chunk (default: about 64 MiB)",
+    )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     if single:
         g.add_argument("--out", required=True, metavar="FILE.h5", help="output domain file")
         g.add_argument("--domain", required=True, choices=("source", "target"))
         g.add_argument("--name", dest="dataset", default=None, help="data set name (attribute)")
-        g.add_argument("--band-names", default=None, metavar="B1,B2,...",
-                       help="comma-separated band names (default band0, band1, ...)")
-        g.add_argument("--pixel-scale", dest="pixel_scale_arcsec", type=float, default=None,
-                       metavar="ARCSEC", help="pixel scale in arcsec (default NaN: unknown)")
-        g.add_argument("--match", default=None, metavar="OTHER.h5",
-                       help="an existing domain file whose C, H, W the new one must share")
+        g.add_argument(
+            "--band-names",
+            default=None,
+            metavar="B1,B2,...",
+            help="comma-separated band names (default band0, band1, ...)",
+        )
+        g.add_argument(
+            "--pixel-scale",
+            dest="pixel_scale_arcsec",
+            type=float,
+            default=None,
+            metavar="ARCSEC",
+            help="pixel scale in arcsec (default NaN: unknown)",
+        )
+        g.add_argument(
+            "--match",
+            default=None,
+            metavar="OTHER.h5",
+            help="an existing domain file whose C, H, W the new one must share",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,40 +86,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("deepmerge", help="the public DeepMerge SimSim / SimReal .npy files",
-                       description="Convert a DeepMerge set (Zenodo record 4507941) to "
-                       "OUT/source.h5 and OUT/target.h5.")
+    p = sub.add_parser(
+        "deepmerge",
+        help="the public DeepMerge SimSim / SimReal .npy files",
+        description="Convert a DeepMerge set (Zenodo record 4507941) to "
+        "OUT/source.h5 and OUT/target.h5.",
+    )
     p.add_argument("dir", metavar="DIR", help="folder holding the DeepMerge .npy files")
     p.add_argument("--out", required=True, metavar="OUTDIR", help="output folder")
-    p.add_argument("--set", default="auto", choices=("simsim", "simreal", "auto"),
-                   help="which set to convert (default: the one present in DIR)")
+    p.add_argument(
+        "--set",
+        default="auto",
+        choices=("simsim", "simreal", "auto"),
+        help="which set to convert (default: the one present in DIR)",
+    )
     _common(p, single=False)
 
-    p = sub.add_parser("npy", help="a generic images .npy with optional labels / galaxy ids",
-                       description="Convert an images .npy (N, C, H, W); memory-mapped, so files "
-                       "larger than memory convert.")
+    p = sub.add_parser(
+        "npy",
+        help="a generic images .npy with optional labels / galaxy ids",
+        description="Convert an images .npy (N, C, H, W); memory-mapped, so files "
+        "larger than memory convert.",
+    )
     p.add_argument("--x", required=True, metavar="X.npy", help="images (N, C, H, W)")
     p.add_argument("--y", default=None, metavar="y.npy", help="labels 0/1 (N,); omit if unlabelled")
-    p.add_argument("--galaxy-ids", default=None, metavar="IDS.npy",
-                   help="integer galaxy ids (N,); default: the row index")
+    p.add_argument(
+        "--galaxy-ids",
+        default=None,
+        metavar="IDS.npy",
+        help="integer galaxy ids (N,); default: the row index",
+    )
     _common(p, single=True)
 
-    p = sub.add_parser("fits", help="a FITS cube, or a folder of FITS stamps plus a CSV",
-                       description="Convert a FITS cube (N, C, H, W) or a folder of stamps, each "
-                       "(C, H, W) or (H, W), listed in a CSV with columns filename[,label]"
-                       "[,galaxy_id].")
+    p = sub.add_parser(
+        "fits",
+        help="a FITS cube, or a folder of FITS stamps plus a CSV",
+        description="Convert a FITS cube (N, C, H, W) or a folder of stamps, each "
+        "(C, H, W) or (H, W), listed in a CSV with columns filename[,label]"
+        "[,galaxy_id].",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cube", default=None, metavar="CUBE.fits")
     src.add_argument("--stamps", default=None, metavar="DIR")
-    p.add_argument("--labels", default=None, metavar="LABELS.csv",
-                   help="CSV with a header; required with --stamps (filename column)")
+    p.add_argument(
+        "--labels",
+        default=None,
+        metavar="LABELS.csv",
+        help="CSV with a header; required with --stamps (filename column)",
+    )
     p.add_argument("--y", default=None, metavar="y.npy", help="labels for a cube, as .npy")
     p.add_argument("--galaxy-ids", default=None, metavar="IDS.npy", help="ids for a cube, as .npy")
     _common(p, single=True)
 
-    p = sub.add_parser("hdf5", help="datasets of another HDF5 file",
-                       description="Convert images (N, C, H, W) and optional labels / ids "
-                       "stored as datasets of any HDF5 file.")
+    p = sub.add_parser(
+        "hdf5",
+        help="datasets of another HDF5 file",
+        description="Convert images (N, C, H, W) and optional labels / ids "
+        "stored as datasets of any HDF5 file.",
+    )
     p.add_argument("file", metavar="FILE.h5")
     p.add_argument("--images-key", default="images")
     p.add_argument("--labels-key", default=None)
@@ -131,24 +180,44 @@ def _run(args: argparse.Namespace) -> None:
         match=args.match,
     )
     if args.command == "npy":
-        api.ingest_npy(args.x, args.out, args.domain, y=args.y, galaxy_ids=args.galaxy_ids,
-                       **meta, **options)
+        api.ingest_npy(
+            args.x, args.out, args.domain, y=args.y, galaxy_ids=args.galaxy_ids, **meta, **options
+        )
     elif args.command == "fits":
         if args.stamps is not None:
             if args.labels is None:
-                raise IngestError(args.stamps, "--stamps needs --labels LABELS.csv (a filename "
-                                  "column, plus label for labelled data)")
+                raise IngestError(
+                    args.stamps,
+                    "--stamps needs --labels LABELS.csv (a filename "
+                    "column, plus label for labelled data)",
+                )
             if args.y is not None or args.galaxy_ids is not None:
                 raise IngestError(None, "with --stamps, give labels and ids in the CSV")
-            api.ingest_fits_stamps(args.stamps, args.labels, args.out, args.domain,
-                                   **meta, **options)
+            api.ingest_fits_stamps(
+                args.stamps, args.labels, args.out, args.domain, **meta, **options
+            )
         else:
-            api.ingest_fits_cube(args.cube, args.out, args.domain, labels=args.labels, y=args.y,
-                                 galaxy_ids=args.galaxy_ids, **meta, **options)
+            api.ingest_fits_cube(
+                args.cube,
+                args.out,
+                args.domain,
+                labels=args.labels,
+                y=args.y,
+                galaxy_ids=args.galaxy_ids,
+                **meta,
+                **options,
+            )
     elif args.command == "hdf5":
-        api.ingest_hdf5(args.file, args.out, args.domain, images_key=args.images_key,
-                        labels_key=args.labels_key, galaxy_id_key=args.galaxy_id_key,
-                        **meta, **options)
+        api.ingest_hdf5(
+            args.file,
+            args.out,
+            args.domain,
+            images_key=args.images_key,
+            labels_key=args.labels_key,
+            galaxy_id_key=args.galaxy_id_key,
+            **meta,
+            **options,
+        )
 
 
 def _sigterm(signum, frame):  # pragma: no cover - exercised by a subprocess test

@@ -128,13 +128,15 @@ def check_same_shape(first: DomainInput, other: DomainInput) -> None:
     name1 = first.images.path.name
     if c1 != c2:
         raise IngestError(
-            other.images.path, f"channel count differs between domains: {c2} channels here, "
-            f"{c1} in {name1} ({first.domain})"
+            other.images.path,
+            f"channel count differs between domains: {c2} channels here, "
+            f"{c1} in {name1} ({first.domain})",
         )
     if (h1, w1) != (h2, w2):
         raise IngestError(
-            other.images.path, f"image size differs between domains: {h2}x{w2} here, "
-            f"{h1}x{w1} in {name1} ({first.domain})"
+            other.images.path,
+            f"image size differs between domains: {h2}x{w2} here, "
+            f"{h1}x{w1} in {name1} ({first.domain})",
         )
 
 
@@ -148,13 +150,15 @@ def check_matches_file(inp: DomainInput, match: str | os.PathLike) -> None:
     mine = inp.images.image_shape
     if mine[0] != c:
         raise IngestError(
-            inp.images.path, f"channel count differs between domains: {mine[0]} channels here, "
-            f"{c} in {Path(match).name}"
+            inp.images.path,
+            f"channel count differs between domains: {mine[0]} channels here, "
+            f"{c} in {Path(match).name}",
         )
     if tuple(mine[1:]) != (h, w):
         raise IngestError(
-            inp.images.path, f"image size differs between domains: {mine[1]}x{mine[2]} here, "
-            f"{h}x{w} in {Path(match).name}"
+            inp.images.path,
+            f"image size differs between domains: {mine[1]}x{mine[2]} here, "
+            f"{h}x{w} in {Path(match).name}",
         )
 
 
@@ -290,8 +294,9 @@ def _write_rows(
                 x, rows = x[sel], rows[sel]
             if src.may_be_nonfinite and not np.isfinite(x).all():
                 raise IngestError(
-                    src.path, "non-finite pixels appeared during conversion (did the file change "
-                    "while it was read?)"
+                    src.path,
+                    "non-finite pixels appeared during conversion (did the file change "
+                    "while it was read?)",
                 )
             if len(x):
                 w.write(pos, x, None if labels is None else labels[rows], gid[rows])

@@ -75,13 +75,14 @@ def find_deepmerge_files(folder: str | os.PathLike, set: str = "auto") -> DeepMe
         if not present:
             names = ", ".join(EXPECTED["simsim"] + EXPECTED["simreal"])
             raise IngestError(
-                folder, f"no DeepMerge files found; expected e.g. {names} (Zenodo record "
-                f"{ZENODO_RECORD})"
+                folder,
+                f"no DeepMerge files found; expected e.g. {names} (Zenodo record {ZENODO_RECORD})",
             )
         if len(present) > 1:
             raise IngestError(
-                folder, "both SimSim and SimReal files found; choose one with --set simsim or "
-                "--set simreal"
+                folder,
+                "both SimSim and SimReal files found; choose one with --set simsim or "
+                "--set simreal",
             )
         set = present[0]
 
@@ -89,8 +90,9 @@ def find_deepmerge_files(folder: str | os.PathLike, set: str = "auto") -> DeepMe
         paths = found.get((set, domain, kind), [])
         if len(paths) > 1:
             raise IngestError(
-                folder, f"ambiguous: several {SETS[set]} {domain.upper()} {kind} files: "
-                + ", ".join(p.name for p in paths)
+                folder,
+                f"ambiguous: several {SETS[set]} {domain.upper()} {kind} files: "
+                + ", ".join(p.name for p in paths),
             )
         if not paths:
             if required:
@@ -99,8 +101,9 @@ def find_deepmerge_files(folder: str | os.PathLike, set: str = "auto") -> DeepMe
                 what = "images" if kind == "x" else "labels"
                 glob = f"{SETS[set]}_{domain.upper()}_{'X' if kind == 'x' else 'y'}_*.npy"
                 raise IngestError(
-                    folder, f"missing {SETS[set]} {domain} {what}: no file matching {glob}"
-                    + (f" (public name {want[0]})" if want else "")
+                    folder,
+                    f"missing {SETS[set]} {domain} {what}: no file matching {glob}"
+                    + (f" (public name {want[0]})" if want else ""),
                 )
             return None
         return paths[0]
@@ -151,8 +154,15 @@ def ingest_deepmerge(
         target = _domain(files, "target", files.target_x, files.target_y)
         try:
             return ingest_pair(
-                source, target, out, force=force, drop_nonfinite=drop_nonfinite, size=size,
-                chunk_size=chunk_size, progress=progress, report=report,
+                source,
+                target,
+                out,
+                force=force,
+                drop_nonfinite=drop_nonfinite,
+                size=size,
+                chunk_size=chunk_size,
+                progress=progress,
+                report=report,
             )
         finally:
             target.images.close()

@@ -197,8 +197,9 @@ def check_image_shape(
         if len(shape) == 3:
             hint = "; a single-band (N, H, W) array needs a channel axis: np.expand_dims(x, 1)"
         raise IngestError(
-            path, f"wrong rank: {RANK_HINT}, rank 4; got rank {len(shape)}, shape "
-            f"{_fmt_shape(shape)}{hint}"
+            path,
+            f"wrong rank: {RANK_HINT}, rank 4; got rank {len(shape)}, shape "
+            f"{_fmt_shape(shape)}{hint}",
         )
     n, c, h, w = shape
     if n == 0:
@@ -214,8 +215,9 @@ def check_image_shape(
                 f"{RANK_HINT}, convert with np.moveaxis(x, -1, 1)"
             )
         raise IngestError(
-            path, f"wrong image size: images must be square (H == W); got shape "
-            f"{_fmt_shape(shape)} read as (N, C, H, W){hint}"
+            path,
+            f"wrong image size: images must be square (H == W); got shape "
+            f"{_fmt_shape(shape)} read as (N, C, H, W){hint}",
         )
     if size is not None and (h, w) != (size, size):
         raise IngestError(
@@ -260,14 +262,16 @@ def load_npy(path: str | os.PathLike, mmap: bool = True, what: str = "array") ->
         shape, dtype, offset = header
         if dtype.hasobject:
             raise IngestError(
-                path, "holds Python objects (a pickled object array); only plain numeric arrays "
-                "are accepted"
+                path,
+                "holds Python objects (a pickled object array); only plain numeric arrays "
+                "are accepted",
             )
         expected = offset + math.prod(shape) * dtype.itemsize
         if size < expected:
             raise IngestError(
-                path, f"truncated file: its header implies a file of {expected} bytes (shape "
-                f"{_fmt_shape(shape)}, dtype {dtype}) but the file holds only {size}"
+                path,
+                f"truncated file: its header implies a file of {expected} bytes (shape "
+                f"{_fmt_shape(shape)}, dtype {dtype}) but the file holds only {size}",
             )
     use_mmap = mmap and header is not None and math.prod(header[0]) > 0
     try:
@@ -310,8 +314,9 @@ def check_labels(
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise IngestError(
-            path, f"labels outside {{0, 1}}: {int(bad.sum())} of {len(y)} values "
-            f"(first: {y[i]!r} at row {i})"
+            path,
+            f"labels outside {{0, 1}}: {int(bad.sum())} of {len(y)} values "
+            f"(first: {y[i]!r} at row {i})",
         )
     return y.astype(np.uint8)
 
@@ -387,9 +392,7 @@ def _fits_data(path: Path, hdu) -> tuple[Any, float, float, int | None]:
     naxis = int(hdr.get("NAXIS", 0))
     dims = [int(hdr.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
     bitpix = int(hdr.get("BITPIX", -32))
-    compressed = isinstance(hdu, fits.CompImageHDU) or path.suffix.lower() in (
-        ".gz", ".fz", ".bz2"
-    )
+    compressed = isinstance(hdu, fits.CompImageHDU) or path.suffix.lower() in (".gz", ".fz", ".bz2")
     if not compressed:
         try:
             loc = hdu.fileinfo()["datLoc"]
@@ -400,9 +403,10 @@ def _fits_data(path: Path, hdu) -> tuple[Any, float, float, int | None]:
             size = path.stat().st_size
             if size < expected:
                 raise IngestError(
-                    path, f"truncated file: the FITS header implies a file of {expected} bytes "
+                    path,
+                    f"truncated file: the FITS header implies a file of {expected} bytes "
                     f"(image {_fmt_shape(dims[::-1])}, BITPIX {bitpix}) but the file holds only "
-                    f"{size}"
+                    f"{size}",
                 )
     try:
         with warnings.catch_warnings():
@@ -576,4 +580,3 @@ def hdf5_read_small(path: Path, ds) -> np.ndarray:
         return ds[()]
     except (OSError, RuntimeError, ValueError) as err:
         raise IngestError(path, f"corrupt or truncated data in '{ds.name}' ({err})") from err
-

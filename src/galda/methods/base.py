@@ -91,10 +91,13 @@ class MergerClassifier(pl.LightningModule):
         self.fisher = FisherLoss(self.net.feature_dim) if self.fisher_weight > 0 else None
         self.normaliser = DomainNormaliser(int(self.net.in_channels))
         # Validation needs accuracy only (every epoch); the test stage gets the full set.
-        self.metrics = nn.ModuleDict({
-            f"{s}_{d}": metric_collection(f"{s}/{d}/", ("acc",) if s == "val" else METRIC_NAMES)
-            for s in STAGES for d in DOMAINS
-        })
+        self.metrics = nn.ModuleDict(
+            {
+                f"{s}_{d}": metric_collection(f"{s}/{d}/", ("acc",) if s == "val" else METRIC_NAMES)
+                for s in STAGES
+                for d in DOMAINS
+            }
+        )
         self.losses = nn.ModuleDict({f"{s}_{d}": MeanMetric() for s in STAGES for d in DOMAINS})
 
     # -- the hooks subclasses override ----------------------------------------------------
@@ -109,9 +112,12 @@ class MergerClassifier(pl.LightningModule):
         return []
 
     # -- normalisation travels with the model (galda.models.normaliser) --------------------
-    def set_normalisation(self, stats: Mapping[str, Mapping[str, Sequence[float]]],
-                          image_shape: Sequence[int] | None = None,
-                          bands: Sequence[str] | None = None) -> None:
+    def set_normalisation(
+        self,
+        stats: Mapping[str, Mapping[str, Sequence[float]]],
+        image_shape: Sequence[int] | None = None,
+        bands: Sequence[str] | None = None,
+    ) -> None:
         """Store the DataModule's per-domain training statistics and the input's shape/bands."""
         self.normaliser.set(stats, image_shape, bands)
 
@@ -148,7 +154,8 @@ class MergerClassifier(pl.LightningModule):
         x_t, y_t = target if isinstance(target, (tuple, list)) else (target, None)
         source_out, target_out = self._forward_domains(x_s, x_t)
         terms: dict[str, tuple[float, Tensor]] = {
-            "cls": (1.0, F.cross_entropy(source_out.logits, y_s))}
+            "cls": (1.0, F.cross_entropy(source_out.logits, y_s))
+        }
         logs: dict[str, Tensor | float] = {}
         if target_out is not None:
             transfer, logs = self.transfer_loss(source_out, target_out)
@@ -160,12 +167,20 @@ class MergerClassifier(pl.LightningModule):
         if self.fisher is not None:
             terms["fisher"] = (self.fisher_weight, self.fisher(source_out.features, y_s))
         loss = sum((w * v for w, v in terms.values()), start=torch.zeros((), device=self.device))
-        logs = {**{f"train/loss_{k}": v for k, (_, v) in terms.items()}, **logs, "train/loss": loss,
-                "train/source/acc": (source_out.logits.argmax(1) == y_s).float().mean()}
+        logs = {
+            **{f"train/loss_{k}": v for k, (_, v) in terms.items()},
+            **logs,
+            "train/loss": loss,
+            "train/source/acc": (source_out.logits.argmax(1) == y_s).float().mean(),
+        }
         # Lightning keeps the epoch means on the device; per-step values reach the logger
         # every ``log_every_n_steps``.
-        self.log_dict({k: torch.as_tensor(v).detach() for k, v in logs.items()},
-                      on_step=True, on_epoch=True, batch_size=x_s.shape[0])
+        self.log_dict(
+            {k: torch.as_tensor(v).detach() for k, v in logs.items()},
+            on_step=True,
+            on_epoch=True,
+            batch_size=x_s.shape[0],
+        )
         return loss
 
     # -- evaluation -----------------------------------------------------------------------
@@ -184,10 +199,16 @@ class MergerClassifier(pl.LightningModule):
             self.metrics[key].update(probs, labels)
             self.losses[key].update(F.cross_entropy(logits, labels, reduction="none"))
             self.log_dict(self.metrics[key], on_epoch=True, add_dataloader_idx=False)
-            self.log(f"{stage}/{domain}/loss", self.losses[key], on_epoch=True,
-                     add_dataloader_idx=False)
-        return {"domain": domain, "features": features.detach(), "logits": logits.detach(),
-                "labels": labels, "index": batch["index"]}
+            self.log(
+                f"{stage}/{domain}/loss", self.losses[key], on_epoch=True, add_dataloader_idx=False
+            )
+        return {
+            "domain": domain,
+            "features": features.detach(),
+            "logits": logits.detach(),
+            "labels": labels,
+            "index": batch["index"],
+        }
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
         return self._eval_step("val", batch, dataloader_idx)
@@ -210,5 +231,10 @@ class MergerClassifier(pl.LightningModule):
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         groups = list(self.net.parameter_groups()) + list(self.extra_parameter_groups())
-        return configure_optimizers(self, groups, self.optimizer_factory, self.scheduler_factory,
-                                    lambda: int(self.trainer.estimated_stepping_batches))
+        return configure_optimizers(
+            self,
+            groups,
+            self.optimizer_factory,
+            self.scheduler_factory,
+            lambda: int(self.trainer.estimated_stepping_batches),
+        )

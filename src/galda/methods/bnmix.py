@@ -109,5 +109,6 @@ class AdaBNClassifier(MergerClassifier):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if checkpoint.get("adabn_target"):
-            self._target_stats = [(m.to(self.device), v.to(self.device))
-                                  for m, v in checkpoint["adabn_target"]]
+            self._target_stats = [
+                (m.to(self.device), v.to(self.device)) for m, v in checkpoint["adabn_target"]
+            ]

@@ -35,8 +35,10 @@ class DomainNormaliser(nn.Module):
         for row, domain in enumerate(DOMAINS):
             self.mean[row] = torch.as_tensor(stats[domain]["mean"], dtype=torch.float32)
             self.std[row] = torch.as_tensor(stats[domain]["std"], dtype=torch.float32)
-        self.info = {"image_shape": list(image_shape) if image_shape else None,
-                     "bands": list(bands) if bands else None}
+        self.info = {
+            "image_shape": list(image_shape) if image_shape else None,
+            "bands": list(bands) if bands else None,
+        }
 
     def forward(self, x: Tensor, domain: str = "target") -> Tensor:
         row = DOMAINS.index(domain)

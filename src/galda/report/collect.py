@@ -30,8 +30,20 @@ DOMAINS = ("source", "target")
 METRICS = ("acc", "precision", "recall", "f1", "brier", "auroc")
 
 # Table rows and Figure 1 bars follow this order; methods not listed come after, by name.
-METHOD_ORDER = ("baseline", "mmd", "dann", "adabn", "bnmix", "coral", "cdan", "mcc", "selftrain",
-                "gini_m20_a", "oracle_joint", "oracle")
+METHOD_ORDER = (
+    "baseline",
+    "mmd",
+    "dann",
+    "adabn",
+    "bnmix",
+    "coral",
+    "cdan",
+    "mcc",
+    "selftrain",
+    "gini_m20_a",
+    "oracle_joint",
+    "oracle",
+)
 METHOD_LABELS = {
     "baseline": "No domain adaptation",
     "mmd": "MMD",
@@ -146,9 +158,9 @@ def _override_trainer(overrides: Iterable[Any]) -> dict[str, Any]:
         key, sep, value = str(o).lstrip("+~").partition("=")
         if sep and key.startswith("trainer."):
             try:
-                out[key[len("trainer."):]] = yaml.safe_load(value)
+                out[key[len("trainer.") :]] = yaml.safe_load(value)
             except yaml.YAMLError:
-                out[key[len("trainer."):]] = value
+                out[key[len("trainer.") :]] = value
     return out
 
 
@@ -194,9 +206,7 @@ def load_run(path: Path) -> Run:
         raise ValueError(f"{path}: missing {', '.join(missing)}")
     method = str(raw["method"])
     status = str(raw.get("status") or "unknown")
-    metrics = {
-        (dom, m): _float(raw.get(f"test/{dom}/{m}")) for dom in DOMAINS for m in METRICS
-    }
+    metrics = {(dom, m): _float(raw.get(f"test/{dom}/{m}")) for dom in DOMAINS for m in METRICS}
     if status == "complete":
         reasons = smoke_reasons(raw)
         if reasons:
@@ -238,7 +248,8 @@ def _identity_from_job(run_dir: Path) -> dict[str, Any] | None:
         found["monitor"] = (cfg.get("selection") or {}).get("monitor")
         method = cfg.get("method")
         found["needs_target_labels"] = isinstance(method, dict) and bool(
-            method.get("needs_target_labels"))
+            method.get("needs_target_labels")
+        )
     for part in run_dir.name.split(","):  # a sweep job folder: key=value,key=value
         key, sep, value = part.partition("=")
         if sep and key in ("data", "model", "method", "seed"):
@@ -268,7 +279,8 @@ def unreadable_run(path: Path, problem: str) -> Run | None:
         seed=_seed(ident.get("seed")),
         status="unreadable",
         error=f"unreadable results.json ({problem})",
-        uses_target_labels=bool(ident.get("needs_target_labels")) or method == "oracle"
+        uses_target_labels=bool(ident.get("needs_target_labels"))
+        or method == "oracle"
         or monitor.startswith("val/target/"),
         metrics={(dom, m): math.nan for dom in DOMAINS for m in METRICS},
         raw={},
@@ -308,8 +320,9 @@ def find_sweeps(dirs: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(found)
 
 
-def sweep_expectations(paths: Iterable[Path]) -> tuple[dict[tuple[str, str, str], set[int]],
-                                                        list[str]]:
+def sweep_expectations(
+    paths: Iterable[Path],
+) -> tuple[dict[tuple[str, str, str], set[int]], list[str]]:
     """The seeds each (data, model, method) was asked for by Hydra's basic sweeper.
 
     Reads the sweep's parameters (``hydra.sweeper.params``) and its command-line overrides
@@ -513,8 +526,10 @@ def aggregate(
             if seed is None:  # cannot tell seeds apart: count each run, but say so
                 g.used.extend(done)
                 if done:
-                    g.notes.append(f"{len(done)} complete run(s) without a seed: "
-                                   + "; ".join(str(r.run_dir) for r in done))
+                    g.notes.append(
+                        f"{len(done)} complete run(s) without a seed: "
+                        + "; ".join(str(r.run_dir) for r in done)
+                    )
                 for r in rs:
                     if not r.complete:
                         g.failed[None] = r.error or r.status
@@ -535,8 +550,9 @@ def aggregate(
 
         # notes, most important first
         if g.missing:
-            g.notes.append(f"seed(s) {_fmt_seeds(g.missing)} missing "
-                           "(no results.json of a full run)")
+            g.notes.append(
+                f"seed(s) {_fmt_seeds(g.missing)} missing (no results.json of a full run)"
+            )
         for seed, err in sorted(g.failed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
             first = (err or "").strip().splitlines()[0][:160] if err else "no error message"
             g.notes.append(f"seed {'?' if seed is None else seed} failed: {first}")
@@ -547,8 +563,9 @@ def aggregate(
         n_src = g.stats[("source", "acc")].n
         n_tgt = g.stats[("target", "acc")].n
         if g.used and n_tgt < n_src:
-            g.notes.append(f"target accuracy available for {n_tgt} of {n_src} runs "
-                           "(target labels absent)")
+            g.notes.append(
+                f"target accuracy available for {n_tgt} of {n_src} runs (target labels absent)"
+            )
         configs = {r.config_overrides for r in g.used}
         if len(configs) > 1:
             shown = " | ".join(" ".join(c) or "(defaults)" for c in sorted(configs))
@@ -558,11 +575,17 @@ def aggregate(
             g.notes.append(f"runs come from {len(commits)} different git commits")
         if g.uses_target_labels and g.method != "oracle":  # the oracle row label says it already
             monitors = sorted({str((r.raw.get("selection") or {}).get("monitor")) for r in g.runs})
-            g.notes.append("used target labels (selection monitor: " + ", ".join(monitors)
-                           + "): not comparable with label-free rows")
+            g.notes.append(
+                "used target labels (selection monitor: "
+                + ", ".join(monitors)
+                + "): not comparable with label-free rows"
+            )
 
     return sorted(
         groups.values(),
-        key=lambda g: (g.data, model_sort_key(g.model),
-                       method_sort_key(g.method, g.uses_target_labels)),
+        key=lambda g: (
+            g.data,
+            model_sort_key(g.model),
+            method_sort_key(g.method, g.uses_target_labels),
+        ),
     )

@@ -35,8 +35,9 @@ def _output_folder(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ReportWriteError(f"{out}: cannot create the report folder: {os_error_hint(err)} "
-                               "(--out)") from err
+        raise ReportWriteError(
+            f"{out}: cannot create the report folder: {os_error_hint(err)} (--out)"
+        ) from err
     return out
 
 
@@ -44,12 +45,16 @@ def smoke_note(smoke: list[Run], limit: int = 20) -> str:
     """A paragraph naming the smoke runs left out of every table ("" when there are none)."""
     if not smoke:
         return ""
-    lines = [f"- {r.run_dir} ({', '.join(r.raw.get('smoke_reasons') or ['status: smoke'])})"
-             for r in smoke[:limit]]
+    lines = [
+        f"- {r.run_dir} ({', '.join(r.raw.get('smoke_reasons') or ['status: smoke'])})"
+        for r in smoke[:limit]
+    ]
     if len(smoke) > limit:
         lines.append(f"- ... and {len(smoke) - limit} more")
-    return (f"\n{len(smoke)} smoke run(s) left out of every table (fast_dev_run, "
-            "limit_*_batches or max_steps: not full runs):\n" + "\n".join(lines) + "\n")
+    return (
+        f"\n{len(smoke)} smoke run(s) left out of every table (fast_dev_run, "
+        "limit_*_batches or max_steps: not full runs):\n" + "\n".join(lines) + "\n"
+    )
 
 
 def _safe(name: str) -> str:
@@ -90,9 +95,14 @@ def build_report(
     absent = [str(d) for d in folders if not d.exists()]
     if len(smoke) == len(runs) and not sweeps:
         where = ", ".join(str(d) for d in folders) or "(no folders given)"
-        msg = f"no results.json found under: {where}" if not runs else (
-            f"only smoke runs under {where} ({len(smoke)}: fast_dev_run, limit_*_batches or "
-            "max_steps); tables hold full runs only")
+        msg = (
+            f"no results.json found under: {where}"
+            if not runs
+            else (
+                f"only smoke runs under {where} ({len(smoke)}: fast_dev_run, limit_*_batches or "
+                "max_steps); tables hold full runs only"
+            )
+        )
         if absent:
             msg += f" (does not exist: {', '.join(absent)})"
         if problems:
@@ -113,15 +123,17 @@ def build_report(
     files["table1.md"] = _write_text(out / "table1.md", md)
     files["table1.csv"] = _write_text(out / "table1.csv", tables.table1_csv(groups))
     files["table1.tex"] = _write_text(out / "table1.tex", tables.table1_latex(groups, seeds))
-    files["metrics.md"] = _write_text(out / "metrics.md",
-                                      tables.metrics_markdown(groups) + smoke_note(smoke))
+    files["metrics.md"] = _write_text(
+        out / "metrics.md", tables.metrics_markdown(groups) + smoke_note(smoke)
+    )
     files["metrics.csv"] = _write_text(out / "metrics.csv", tables.metrics_csv(groups))
     paper_md = None
     if paper:
         paper_md = tables.paper_markdown(groups)
         files["table1_vs_paper.md"] = _write_text(out / "table1_vs_paper.md", paper_md)
-        files["table1_vs_paper.csv"] = _write_text(out / "table1_vs_paper.csv",
-                                                   tables.paper_csv(groups))
+        files["table1_vs_paper.csv"] = _write_text(
+            out / "table1_vs_paper.csv", tables.paper_csv(groups)
+        )
     if figures:
         from .figures import write_figure1
 
@@ -131,8 +143,9 @@ def build_report(
             try:
                 png, pdf = write_figure1(groups, out, data, stem)
             except OSError as err:
-                raise ReportWriteError(f"{out / stem}.png: cannot write: {os_error_hint(err)} "
-                                       "(--out)") from err
+                raise ReportWriteError(
+                    f"{out / stem}.png: cannot write: {os_error_hint(err)} (--out)"
+                ) from err
             files[png.name], files[pdf.name] = png, pdf
 
     return {

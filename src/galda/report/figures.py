@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from galda.results import atomic_savefig
+
 from .collect import (
     METRIC_LABELS,
     METRICS,
@@ -24,11 +25,29 @@ from .collect import (
 # One palette, matplotlib's tab20: known methods take its strong shades, the same in every figure;
 # any other method takes a light shade chosen from its name, so no colour depends on which methods
 # happen to be present.
-COLORS = {"baseline": "tab:blue", "mmd": "tab:purple", "dann": "tab:orange", "adabn": "tab:green",
-          "bnmix": "tab:pink", "coral": "tab:brown", "cdan": "tab:red", "mcc": "tab:cyan",
-          "selftrain": "tab:olive", "oracle": "tab:gray"}
-_EXTRA = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d",
-          "#9edae5"]
+COLORS = {
+    "baseline": "tab:blue",
+    "mmd": "tab:purple",
+    "dann": "tab:orange",
+    "adabn": "tab:green",
+    "bnmix": "tab:pink",
+    "coral": "tab:brown",
+    "cdan": "tab:red",
+    "mcc": "tab:cyan",
+    "selftrain": "tab:olive",
+    "oracle": "tab:gray",
+}
+_EXTRA = [
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#dbdb8d",
+    "#9edae5",
+]
 SOURCE_HATCH = "////"
 FPR_GRID = np.linspace(0.0, 1.0, 201)
 
@@ -105,8 +124,10 @@ def draw_figure1(groups: list[Group], data: str):
 
     fig = plt.figure(figsize=(16, 5.2 * len(models)), constrained_layout=True)
     grid = fig.add_gridspec(len(models), 2, width_ratios=[3.3, 1.15])
-    fig.suptitle(f"Figure 1 — test metrics and ROC curves, data: {data} "
-                 "(mean ± sample std over seeds)", fontsize=13)
+    fig.suptitle(
+        f"Figure 1 — test metrics and ROC curves, data: {data} (mean ± sample std over seeds)",
+        fontsize=13,
+    )
 
     for i, model in enumerate(models):
         ax = fig.add_subplot(grid[i, 0])
@@ -126,34 +147,68 @@ def draw_figure1(groups: list[Group], data: str):
                 stds = np.array([g.stats[(dom, m)].std for m in METRICS])
                 errs = np.where(np.isfinite(stds), stds, 0.0)
                 c = colors[key]
-                kw = (dict(facecolor=to_rgba(c, 0.22), edgecolor=c, hatch=SOURCE_HATCH, linewidth=0.9)
-                      if dom == "source" else dict(facecolor=c, edgecolor=c, linewidth=0.9))
+                kw = (
+                    dict(facecolor=to_rgba(c, 0.22), edgecolor=c, hatch=SOURCE_HATCH, linewidth=0.9)
+                    if dom == "source"
+                    else dict(facecolor=c, edgecolor=c, linewidth=0.9)
+                )
                 heights = np.nan_to_num(means, nan=0.0)
-                ax.bar(x + offset, heights, width, yerr=errs, capsize=1.5,
-                       error_kw=dict(elinewidth=0.7, ecolor="black"), **kw)
+                ax.bar(
+                    x + offset,
+                    heights,
+                    width,
+                    yerr=errs,
+                    capsize=1.5,
+                    error_kw=dict(elinewidth=0.7, ecolor="black"),
+                    **kw,
+                )
                 for xi, mval, e in zip(x + offset, means, errs):
                     if math.isnan(mval):
                         ax.text(xi, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
                         continue
-                    ax.text(xi, mval + e + 0.012, f"{mval:.2f}", rotation=90, ha="center",
-                            va="bottom", fontsize=6.5)
+                    ax.text(
+                        xi,
+                        mval + e + 0.012,
+                        f"{mval:.2f}",
+                        rotation=90,
+                        ha="center",
+                        va="bottom",
+                        fontsize=6.5,
+                    )
         ax.set_xticks(x)
-        ax.set_xticklabels([METRIC_LABELS[m] + (" (lower is better)" if m == "brier" else "")
-                            for m in METRICS], fontsize=10)
+        ax.set_xticklabels(
+            [METRIC_LABELS[m] + (" (lower is better)" if m == "brier" else "") for m in METRICS],
+            fontsize=10,
+        )
         ax.set_ylim(0, 1.22)
         ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_ylabel("score")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
         n_seeds = sorted({g.stats[("source", "acc")].n for k, g in idx.items() if k[0] == model})
-        ax.set_title(f"{model_label(model)} (seeds per bar: {', '.join(map(str, n_seeds))})",
-                     loc="left", fontsize=11)
-        handles = [Patch(facecolor=colors[k], edgecolor=colors[k], label=method_label(*k))
-                   for k in model_rows]
-        handles += [Patch(facecolor="white", edgecolor="black", hatch=SOURCE_HATCH, label="source"),
-                    Patch(facecolor="black", edgecolor="black", label="target")]
-        ax.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8.5,
-                  frameon=False, bbox_to_anchor=(0.5, 1.0), handlelength=1.6, columnspacing=1.2)
+        ax.set_title(
+            f"{model_label(model)} (seeds per bar: {', '.join(map(str, n_seeds))})",
+            loc="left",
+            fontsize=11,
+        )
+        handles = [
+            Patch(facecolor=colors[k], edgecolor=colors[k], label=method_label(*k))
+            for k in model_rows
+        ]
+        handles += [
+            Patch(facecolor="white", edgecolor="black", hatch=SOURCE_HATCH, label="source"),
+            Patch(facecolor="black", edgecolor="black", label="target"),
+        ]
+        ax.legend(
+            handles=handles,
+            loc="upper center",
+            ncol=len(handles),
+            fontsize=8.5,
+            frameon=False,
+            bbox_to_anchor=(0.5, 1.0),
+            handlelength=1.6,
+            columnspacing=1.2,
+        )
 
         rax = fig.add_subplot(grid[i, 1])
         rax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
@@ -165,8 +220,14 @@ def draw_figure1(groups: list[Group], data: str):
                     continue
                 fpr, tpr, n = curve
                 partial = f" [ROC: {n} of {len(g.used)} runs]" if n < len(g.used) else ""
-                rax.plot(fpr, tpr, ls=ls, color=colors[key], lw=1.5,
-                         label=f"{g.method_label}, {dom}: AUC {_auc_text(g, dom, curve)}{partial}")
+                rax.plot(
+                    fpr,
+                    tpr,
+                    ls=ls,
+                    color=colors[key],
+                    lw=1.5,
+                    label=f"{g.method_label}, {dom}: AUC {_auc_text(g, dom, curve)}{partial}",
+                )
         rax.set_xlim(0, 1)
         rax.set_ylim(0, 1.01)
         rax.set_aspect("equal")
@@ -176,8 +237,15 @@ def draw_figure1(groups: list[Group], data: str):
         if rax.get_legend_handles_labels()[0]:
             rax.legend(loc="lower right", fontsize=6.5, frameon=True, framealpha=0.85)
         else:
-            rax.text(0.5, 0.5, "no predictions.npz", ha="center", va="center",
-                     transform=rax.transAxes, color="grey")
+            rax.text(
+                0.5,
+                0.5,
+                "no predictions.npz",
+                ha="center",
+                va="center",
+                transform=rax.transAxes,
+                color="grey",
+            )
     return fig
 
 
@@ -187,8 +255,10 @@ def write_figure1(groups: list[Group], out: Path, data: str, stem: str = "figure
 
     fig = draw_figure1(groups, data)
     try:
-        paths = [atomic_savefig(fig, Path(out) / f"{stem}.png", dpi=150),
-                 atomic_savefig(fig, Path(out) / f"{stem}.pdf")]
+        paths = [
+            atomic_savefig(fig, Path(out) / f"{stem}.png", dpi=150),
+            atomic_savefig(fig, Path(out) / f"{stem}.pdf"),
+        ]
     finally:
         plt.close(fig)
     return paths

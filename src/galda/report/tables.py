@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from . import paper as P
 from .collect import (
@@ -39,7 +39,9 @@ def _models(groups: Iterable[Group]) -> list[str]:
 
 
 def _rows(groups: Iterable[Group]) -> list[tuple[str, bool]]:
-    return sorted({(g.method, g.uses_target_labels) for g in groups}, key=lambda k: method_sort_key(*k))
+    return sorted(
+        {(g.method, g.uses_target_labels) for g in groups}, key=lambda k: method_sort_key(*k)
+    )
 
 
 def _index(groups: Iterable[Group]) -> dict[tuple[str, str, bool], Group]:
@@ -67,13 +69,17 @@ def _num(v: float | None) -> str:
 
 
 def _seedlist(seeds: Iterable[int | None]) -> str:
-    return " ".join("?" if s is None else str(s) for s in sorted(seeds, key=lambda s: (s is None, s or 0)))
+    return " ".join(
+        "?" if s is None else str(s) for s in sorted(seeds, key=lambda s: (s is None, s or 0))
+    )
 
 
 def _md_table(header: list[str], rows: list[list[str]], align: str = "l") -> str:
     esc = [[c.replace("|", "\\|") for c in r] for r in [header, *rows]]
-    lines = ["| " + " | ".join(esc[0]) + " |",
-             "|" + "|".join([":---"] + ["---:" if align == "r" else ":---:"] * (len(header) - 1)) + "|"]
+    lines = [
+        "| " + " | ".join(esc[0]) + " |",
+        "|" + "|".join([":---"] + ["---:" if align == "r" else ":---:"] * (len(header) - 1)) + "|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
     return "\n".join(lines)
 
@@ -107,10 +113,14 @@ def expected_seeds_line(groups: list[Group], given: list[int] | None) -> str:
         return f"Expected seeds: {_seedlist(given) or 'none'} (--seeds)."
     sets = {tuple(g.expected) for g in groups}
     if len(sets) == 1:
-        return (f"Expected seeds: {_seedlist(next(iter(sets))) or 'none'} (per group: those its "
-                "sweep asked for, or that ran).")
-    per = "; ".join(f"{model_label(g.model)} · {g.method_label}: {_seedlist(g.expected) or 'none'}"
-                    for g in groups)
+        return (
+            f"Expected seeds: {_seedlist(next(iter(sets))) or 'none'} (per group: those its "
+            "sweep asked for, or that ran)."
+        )
+    per = "; ".join(
+        f"{model_label(g.model)} · {g.method_label}: {_seedlist(g.expected) or 'none'}"
+        for g in groups
+    )
     return f"Expected seeds per group (those its sweep asked for, or that ran): {per}."
 
 
@@ -140,11 +150,15 @@ def table1_markdown(groups: list[Group], expected_seeds: list[int] | None = None
         notes = _notes(gs, models, rows)
         legend = []
         if any(g.incomplete for g in gs):
-            legend.append(f"{INCOMPLETE_MARK} some expected seeds are missing or failed; "
-                          "the mean is over the n seeds that finished")
+            legend.append(
+                f"{INCOMPLETE_MARK} some expected seeds are missing or failed; "
+                "the mean is over the n seeds that finished"
+            )
         if any(g.uses_target_labels for g in gs):
-            legend.append(f"{TARGET_LABEL_MARK} uses target labels (trained or selected with them): "
-                          "an upper reference, not unsupervised domain adaptation")
+            legend.append(
+                f"{TARGET_LABEL_MARK} uses target labels (trained or selected with them): "
+                "an upper reference, not unsupervised domain adaptation"
+            )
         if notes or legend:
             parts.append("")
             parts.append("Notes:")
@@ -156,22 +170,64 @@ def table1_markdown(groups: list[Group], expected_seeds: list[int] | None = None
 def table1_csv(groups: list[Group]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["data", "model", "method", "method_label", "uses_target_labels", "domain",
-                "acc_mean", "acc_std", "n", "seeds", "missing_seeds", "failed_seeds", "complete"])
+    w.writerow(
+        [
+            "data",
+            "model",
+            "method",
+            "method_label",
+            "uses_target_labels",
+            "domain",
+            "acc_mean",
+            "acc_std",
+            "n",
+            "seeds",
+            "missing_seeds",
+            "failed_seeds",
+            "complete",
+        ]
+    )
     for g in groups:
         for dom in DOMAINS:
             st = g.stats[(dom, "acc")]
-            w.writerow([g.data, g.model, g.method, METHOD_LABELS.get(g.method, g.method),
-                        str(g.uses_target_labels).lower(), dom, _num(st.mean), _num(st.std), st.n,
-                        _seedlist(st.seeds), _seedlist(g.missing), _seedlist(g.failed),
-                        str(not g.incomplete).lower()])
+            w.writerow(
+                [
+                    g.data,
+                    g.model,
+                    g.method,
+                    METHOD_LABELS.get(g.method, g.method),
+                    str(g.uses_target_labels).lower(),
+                    dom,
+                    _num(st.mean),
+                    _num(st.std),
+                    st.n,
+                    _seedlist(st.seeds),
+                    _seedlist(g.missing),
+                    _seedlist(g.failed),
+                    str(not g.incomplete).lower(),
+                ]
+            )
     return buf.getvalue()
 
 
-_TEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-            "†": r"$^\dagger$", "‡": r"$^\ddagger$", "±": r"$\pm$", "·": r"$\cdot$", "—": "---",
-            "Ć": r"\'C"}
+_TEX_ESC = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "†": r"$^\dagger$",
+    "‡": r"$^\ddagger$",
+    "±": r"$\pm$",
+    "·": r"$\cdot$",
+    "—": "---",
+    "Ć": r"\'C",
+}
 
 
 def tex_escape(text: str) -> str:
@@ -194,15 +250,20 @@ def table1_latex(groups: list[Group], expected_seeds: list[int] | None = None) -
         k = len(models)
         out.append(r"\begin{table}[ht]")
         out.append(r"\centering")
-        out.append(r"\caption{Test accuracy (\%) on source and target, mean $\pm$ sample standard "
-                   r"deviation over seeds (number of seeds in parentheses); data: "
-                   + tex_escape(data) + ".}")
+        out.append(
+            r"\caption{Test accuracy (\%) on source and target, mean $\pm$ sample standard "
+            r"deviation over seeds (number of seeds in parentheses); data: "
+            + tex_escape(data)
+            + ".}"
+        )
         out.append(r"\label{tab:table1-" + "".join(c if c.isalnum() else "-" for c in data) + "}")
         out.append(r"\begin{tabular}{l" + "c" * (2 * k) + "}")
         out.append(r"\toprule")
-        out.append(" & " + r"\multicolumn{%d}{c}{Source} & \multicolumn{%d}{c}{Target} \\" % (k, k))
+        out.append(" & " + rf"\multicolumn{{{k}}}{{c}}{{Source}} & \multicolumn{{{k}}}{{c}}{{Target}} \\")
         out.append(rf"\cmidrule(lr){{2-{k + 1}}}\cmidrule(lr){{{k + 2}-{2 * k + 1}}}")
-        out.append("Method & " + " & ".join(tex_escape(model_label(m)) for m in models * 2) + r" \\")
+        out.append(
+            "Method & " + " & ".join(tex_escape(model_label(m)) for m in models * 2) + r" \\"
+        )
         out.append(r"\midrule")
         prev_utl = None
         for method, utl in rows:
@@ -222,8 +283,10 @@ def table1_latex(groups: list[Group], expected_seeds: list[int] | None = None) -
         if any(g.incomplete for g in gs):
             foot.append(r"$^\dagger$ some expected seeds are missing or failed.")
         if any(g.uses_target_labels for g in gs):
-            foot.append(r"$^\ddagger$ uses target labels: an upper reference, not unsupervised "
-                        r"domain adaptation.")
+            foot.append(
+                r"$^\ddagger$ uses target labels: an upper reference, not unsupervised "
+                r"domain adaptation."
+            )
         foot += [tex_escape(n) for n in notes]
         out.append(r"\par\smallskip\parbox{\linewidth}{\footnotesize " + r" \\ ".join(foot) + "}")
         out.append(r"\end{table}")
@@ -242,12 +305,16 @@ def metrics_markdown(groups: list[Group]) -> str:
         for g in gs:
             for dom in DOMAINS:
                 mark = f" {INCOMPLETE_MARK}" if g.incomplete else ""
-                body.append([model_label(g.model), g.method_label + mark, dom]
-                            + [fmt_frac(g.stats[(dom, m)]) for m in METRICS]
-                            + [str(g.stats[(dom, "acc")].n)])
+                body.append(
+                    [model_label(g.model), g.method_label + mark, dom]
+                    + [fmt_frac(g.stats[(dom, m)]) for m in METRICS]
+                    + [str(g.stats[(dom, "acc")].n)]
+                )
         parts.append(f"## All test metrics, data: `{data}`\n")
-        parts.append("Fractions (not percent), mean ± sample std over seeds; Brier: lower is "
-                     "better. Positive class = merger, threshold 0.5.\n")
+        parts.append(
+            "Fractions (not percent), mean ± sample std over seeds; Brier: lower is "
+            "better. Positive class = merger, threshold 0.5.\n"
+        )
         parts.append(_md_table(header, body))
         notes = _notes(gs, _models(gs), _rows(gs))
         if notes:
@@ -260,15 +327,44 @@ def metrics_markdown(groups: list[Group]) -> str:
 def metrics_csv(groups: list[Group]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["data", "model", "method", "method_label", "uses_target_labels", "domain", "metric",
-                "mean", "std", "n", "seeds", "missing_seeds", "failed_seeds"])
+    w.writerow(
+        [
+            "data",
+            "model",
+            "method",
+            "method_label",
+            "uses_target_labels",
+            "domain",
+            "metric",
+            "mean",
+            "std",
+            "n",
+            "seeds",
+            "missing_seeds",
+            "failed_seeds",
+        ]
+    )
     for g in groups:
         for dom in DOMAINS:
             for m in METRICS:
                 st = g.stats[(dom, m)]
-                w.writerow([g.data, g.model, g.method, METHOD_LABELS.get(g.method, g.method),
-                            str(g.uses_target_labels).lower(), dom, m, _num(st.mean), _num(st.std),
-                            st.n, _seedlist(st.seeds), _seedlist(g.missing), _seedlist(g.failed)])
+                w.writerow(
+                    [
+                        g.data,
+                        g.model,
+                        g.method,
+                        METHOD_LABELS.get(g.method, g.method),
+                        str(g.uses_target_labels).lower(),
+                        dom,
+                        m,
+                        _num(st.mean),
+                        _num(st.std),
+                        st.n,
+                        _seedlist(st.seeds),
+                        _seedlist(g.missing),
+                        _seedlist(g.failed),
+                    ]
+                )
     return buf.getvalue()
 
 
@@ -305,24 +401,40 @@ def paper_markdown(groups: list[Group]) -> str:
                 if any(c != "—" for c in ten[1:]):
                     body.append(ten)
         parts.append(f"## Ours vs the paper — test accuracy (%), data: `{data}`\n")
-        parts.append(f"Paper: {P.CITATION}, Table 1 (one run per cell) and the 10-seed DeepMerge "
-                     "means. The paper trained on its own full-size data; runs on a smaller preset "
-                     "are not expected to match.\n")
+        parts.append(
+            f"Paper: {P.CITATION}, Table 1 (one run per cell) and the 10-seed DeepMerge "
+            "means. The paper trained on its own full-size data; runs on a smaller preset "
+            "are not expected to match.\n"
+        )
         parts.append(_md_table(["Method"] + [_col_title(d, m) for d, m in cols], body))
         ref = P.DEEPMERGE_I
         parts.append(
             f"\nReference (DeepMerge I, no adaptation, trained and tested within one domain): "
             f"pristine {ref['pristine']['acc']:.1f} % (AUC {ref['pristine']['auroc']:.3f}), "
-            f"noisy {ref['noisy']['acc']:.1f} % (AUC {ref['noisy']['auroc']:.3f}).\n")
+            f"noisy {ref['noisy']['acc']:.1f} % (AUC {ref['noisy']['auroc']:.3f}).\n"
+        )
     return "\n".join(parts).rstrip() + "\n"
 
 
 def paper_csv(groups: list[Group]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["data", "method", "uses_target_labels", "domain", "model", "ours_mean_pct",
-                "ours_std_pct", "n", "paper_table1_pct", "paper_10seed_mean_pct",
-                "paper_10seed_std_pct", "ours_minus_table1_pct"])
+    w.writerow(
+        [
+            "data",
+            "method",
+            "uses_target_labels",
+            "domain",
+            "model",
+            "ours_mean_pct",
+            "ours_std_pct",
+            "n",
+            "paper_table1_pct",
+            "paper_10seed_mean_pct",
+            "paper_10seed_std_pct",
+            "ours_minus_table1_pct",
+        ]
+    )
     for data, gs in _by_data(groups).items():
         models = sorted(set(_models(gs)) | {"deepmerge", "resnet18"}, key=model_sort_key)
         idx = _index(gs)
@@ -334,8 +446,20 @@ def paper_csv(groups: list[Group]) -> str:
                 std = 100 * st.std if st and st.n > 1 else math.nan
                 t1 = None if utl else P.table1(method, dom, model)
                 ten = None if utl else P.ten_seeds(method, dom, model)
-                w.writerow([data, method, str(utl).lower(), dom, model, _num(mean), _num(std),
-                            st.n if st else 0, _num(t1), _num(ten[0] if ten else None),
-                            _num(ten[1] if ten else None),
-                            _num(mean - t1 if t1 is not None else None)])
+                w.writerow(
+                    [
+                        data,
+                        method,
+                        str(utl).lower(),
+                        dom,
+                        model,
+                        _num(mean),
+                        _num(std),
+                        st.n if st else 0,
+                        _num(t1),
+                        _num(ten[0] if ten else None),
+                        _num(ten[1] if ten else None),
+                        _num(mean - t1 if t1 is not None else None),
+                    ]
+                )
     return buf.getvalue()

@@ -17,22 +17,34 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m galda.simulate",
         description="Render the simulated source (pristine) and target (noisy) domain files.",
     )
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS),
-                   help="size of the data set (default: small)")
-    p.add_argument("--out", default=None,
-                   help="output folder (default: data/simulated/<preset>-seed<seed>)")
+    p.add_argument(
+        "--preset",
+        default="small",
+        choices=sorted(PRESETS),
+        help="size of the data set (default: small)",
+    )
+    p.add_argument(
+        "--out", default=None, help="output folder (default: data/simulated/<preset>-seed<seed>)"
+    )
     p.add_argument("--seed", type=int, default=1, help="data seed (default: 1)")
     p.add_argument("--workers", type=int, default=1, help="rendering processes (default: 1)")
-    p.add_argument("--unpaired", dest="paired", action="store_false",
-                   help="draw the target systems independently of the source ones")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar")
+    p.add_argument(
+        "--unpaired",
+        dest="paired",
+        action="store_false",
+        help="draw the target systems independently of the source ones",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.add_argument("--views", type=int, default=None, help="views per system (preset's)")
     p.add_argument("--n-mergers", type=int, default=None, help="merger count (preset's)")
     p.add_argument("--n-nonmergers", type=int, default=None, help="non-merger count (preset's)")
-    p.add_argument("--sb-limit", type=float, default=None,
-                   help="target surface-brightness limit, mag/arcsec^2 (default 25.0)")
+    p.add_argument(
+        "--sb-limit",
+        type=float,
+        default=None,
+        help="target surface-brightness limit, mag/arcsec^2 (default 25.0)",
+    )
     return p
 
 

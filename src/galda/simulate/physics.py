@@ -126,7 +126,9 @@ def noise_sigma_per_pixel(
 
 def noise_sigma_per_band(sb_limit: float = SB_LIMIT_MAG_ARCSEC2) -> np.ndarray:
     """:func:`noise_sigma_per_pixel` for every band, in ``BAND_NAMES`` order."""
-    return np.array([noise_sigma_per_pixel(sb_limit, PIXEL_SCALE_ARCSEC, p) for p in NATIVE_PIXEL_SCALE_ARCSEC])
+    return np.array(
+        [noise_sigma_per_pixel(sb_limit, PIXEL_SCALE_ARCSEC, p) for p in NATIVE_PIXEL_SCALE_ARCSEC]
+    )
 
 
 # ---------------------------------------------------------------- PSFs -----------------------------
