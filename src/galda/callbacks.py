@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -49,13 +49,16 @@ class PredictionWriter(pl.Callback):
             for key in parts[0]:
                 values = torch.cat([p[key] for p in parts])
                 if trainer.world_size > 1:
-                    values = pl_module.all_gather(values).reshape(-1)
+                    # all_gather of a tensor returns a tensor; the stubs give the union of collections
+                    values = cast(torch.Tensor, pl_module.all_gather(values)).reshape(-1)
                 arrays[f"{domain}_{key}"] = values.cpu().numpy()
             # sorted by file row; rows padded twice by a distributed sampler are kept once
             _, order = np.unique(arrays[f"{domain}_index"], return_index=True)
             for key in parts[0]:
                 arrays[f"{domain}_{key}"] = arrays[f"{domain}_{key}"][order]
-            ids = getattr(trainer.datamodule, "galaxy_ids", {}).get(domain)
+            # Trainer sets ``datamodule`` in __init__ (its data connector); it is not declared on the class
+            datamodule = getattr(trainer, "datamodule", None)
+            ids = getattr(datamodule, "galaxy_ids", {}).get(domain)
             if ids is not None:
                 arrays[f"{domain}_galaxy_id"] = ids[arrays[f"{domain}_index"]]
         self.arrays = arrays

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from galda.errors import GaldaError
 
@@ -97,8 +97,11 @@ def current_job_num() -> int:
     """This job's number within its sweep (0 for a single run)."""
     try:
         from hydra.core.hydra_config import HydraConfig
+        from omegaconf import DictConfig
 
-        return int(HydraConfig.get().job.get("num", 0) or 0)
+        # a DictConfig at runtime; hydra's stubs type it as the JobConf dataclass
+        job = cast(DictConfig, HydraConfig.get().job)
+        return int(job.get("num", 0) or 0)
     except ValueError:  # HydraConfig not set: called outside a Hydra app
         return 0
 

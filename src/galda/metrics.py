@@ -98,7 +98,7 @@ def binary_metrics(probs: Any, labels: Any, threshold: float = 0.5) -> dict[str,
     if not bool(torch.isfinite(p).all()):  # a diverged model: report nan rather than crash the job
         warnings.warn("probs contain NaN/inf; all metrics are nan", RuntimeWarning, stacklevel=2)
         return {k: math.nan for k in METRIC_NAMES}
-    kw = {"threshold": threshold}
+    kw: dict[str, Any] = {"threshold": threshold}
     out = {
         "acc": float(binary_accuracy(p, y, **kw)),
         "precision": float(binary_precision(p, y, **kw)),

@@ -110,7 +110,8 @@ def write_predictions(run_dir: str | os.PathLike, arrays: dict[str, np.ndarray])
     import io
 
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    # numpy's stub maps **kwds onto allow_pickle: bool; the keys here are array names
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
     return atomic_write_bytes(Path(run_dir) / PREDICTIONS_FILE, buf.getvalue())
 
 

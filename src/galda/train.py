@@ -11,13 +11,14 @@ import platform
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from galda import results as res
 from galda.calibration import calibrate_checkpoint
@@ -25,6 +26,7 @@ from galda.callbacks import PredictionWriter
 from galda.checkpointing import AtomicCheckpointIO, check_resume
 from galda.devices import configure_job_resources
 from galda.errors import GaldaError
+from galda.methods.base import MergerClassifier
 from galda.metrics import binary_confusion
 from galda.preflight import preflight, preflight_config, smoke_reasons
 from galda.provision import datamodule_config, ensure_data
@@ -100,7 +102,7 @@ def rerun_reason(stored: dict[str, Any], cfg: DictConfig) -> str | None:
         return f"code changed (git commit {stored.get('git_commit')} -> {res.git_commit()})"
     if "config" not in stored:
         return "no stored config to compare with"
-    now = OmegaConf.to_container(cfg, resolve=True)
+    now = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     old, new = (
         _flatten({k: v for k, v in c.items() if k not in RUN_CONTROL_KEYS})
         for c in (stored["config"], now)
@@ -112,7 +114,7 @@ def rerun_reason(stored: dict[str, Any], cfg: DictConfig) -> str | None:
     return None
 
 
-def build_module(cfg: DictConfig) -> pl.LightningModule:
+def build_module(cfg: DictConfig) -> MergerClassifier:
     """The method's LightningModule around the model's network, with optimiser and schedule.
 
     The network goes in as its config, so the checkpoint can rebuild it on its own.
@@ -152,9 +154,14 @@ def build_trainer(
     )
 
 
+def _method_class(cfg: DictConfig) -> type[MergerClassifier]:
+    """The method's LightningModule class (every ``conf/method`` target is a MergerClassifier)."""
+    return cast(type[MergerClassifier], get_class(cfg.method.module._target_))
+
+
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The keys that name a run in tables: data, model, method, seed (+ honesty flags)."""
-    method_cls = get_class(cfg.method.module._target_)
+    method_cls = _method_class(cfg)
     monitor = str(cfg.selection.monitor)
     return {
         "data": cfg.data.name,
@@ -204,7 +211,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     commit = res.git_commit()  # at the start: the code this run trains with
     pl.seed_everything(int(cfg.seed), workers=True)
     meta = identity(cfg)
-    if get_class(cfg.method.module._target_).uses_target_labels:
+    if _method_class(cfg).uses_target_labels:
         log.warning("This run trains on TARGET LABELS (a ceiling row); its results are marked ‡.")
 
     ensure_data(cfg.data)
@@ -226,8 +233,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg, run_dir))
-        ckpt_cb = trainer.checkpoint_callback
-        best = (ckpt_cb.best_model_path if ckpt_cb is not None else "") or None
+        ckpt_cb = trainer.checkpoint_callback  # typed Checkpoint; galda's is a ModelCheckpoint
+        best = (ckpt_cb.best_model_path if isinstance(ckpt_cb, ModelCheckpoint) else "") or None
         # temperature scaling on source validation only, stored in the checkpoint for predict
         temperature = (
             calibrate_checkpoint(best, datamodule) if best and trainer.is_global_zero else None
@@ -244,7 +251,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     monitor = meta["selection"]["monitor"]
     best_score = (
         float(ckpt_cb.best_model_score)
-        if ckpt_cb is not None and ckpt_cb.best_model_score is not None
+        if isinstance(ckpt_cb, ModelCheckpoint) and ckpt_cb.best_model_score is not None
         else None
     )
     meta["selection"]["best_score"] = best_score

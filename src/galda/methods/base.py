@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, cast
 
 import pytorch_lightning as pl
 import torch
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, MetricCollection
 
 from galda.losses import FisherLoss, entropy_loss
 from galda.metrics import METRIC_NAMES, metric_collection
@@ -77,17 +77,21 @@ class MergerClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         if isinstance(net, DictConfig):
-            net = OmegaConf.to_container(net, resolve=True)  # plain dict in the checkpoint
+            # plain dict in the checkpoint
+            net = cast(dict[str, Any], OmegaConf.to_container(net, resolve=True))
         ignore = ["optimizer", "scheduler"] + (["net"] if isinstance(net, nn.Module) else [])
         self.save_hyperparameters(ignore=ignore)  # also collects the subclass's arguments
-        self.net = net if isinstance(net, nn.Module) else instantiate(net)
+        # a galda.models network, duck-typed: feature_dim, in_channels and parameter_groups() are
+        # plain attributes, which the typing of nn.Module.__getattr__ reports as Tensor | Module
+        self.net: Any = cast(Any, net if isinstance(net, nn.Module) else instantiate(net))
         self.optimizer_factory = optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
         self.scheduler_factory = scheduler
         self.transfer_weight = float(transfer_weight)
         self.fisher_weight = float(fisher_weight)
         self.entropy_weight = float(entropy_weight)
         if self.entropy_weight > 0:
-            self.uses_target_images = True  # entropy minimisation reads target predictions
+            # entropy minimisation reads target predictions: a per-instance override of the class flag
+            self.uses_target_images = True  # type: ignore[misc]
         self.fisher = FisherLoss(self.net.feature_dim) if self.fisher_weight > 0 else None
         self.normaliser = DomainNormaliser(int(self.net.in_channels))
         # Validation needs accuracy only (every epoch); the test stage gets the full set.
@@ -196,12 +200,13 @@ class MergerClassifier(pl.LightningModule):
         if labels is not None:
             key = f"{stage}_{domain}"
             probs = logits.softmax(1)[:, 1]
-            self.metrics[key].update(probs, labels)
-            self.losses[key].update(F.cross_entropy(logits, labels, reduction="none"))
-            self.log_dict(self.metrics[key], on_epoch=True, add_dataloader_idx=False)
-            self.log(
-                f"{stage}/{domain}/loss", self.losses[key], on_epoch=True, add_dataloader_idx=False
-            )
+            # ModuleDict items are typed as Module; these hold the metrics built in __init__
+            metrics = cast(MetricCollection, self.metrics[key])
+            mean_loss = cast(MeanMetric, self.losses[key])
+            metrics.update(probs, labels)
+            mean_loss.update(F.cross_entropy(logits, labels, reduction="none"))
+            self.log_dict(metrics, on_epoch=True, add_dataloader_idx=False)
+            self.log(f"{stage}/{domain}/loss", mean_loss, on_epoch=True, add_dataloader_idx=False)
         return {
             "domain": domain,
             "features": features.detach(),

@@ -21,6 +21,25 @@ from torch import Tensor, nn
 from galda.methods.base import MergerClassifier, StepOutputs
 
 
+def _running_stats(m: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """A batch-norm layer's running mean and variance buffers (galda's networks track them)."""
+    assert m.running_mean is not None and m.running_var is not None
+    return m.running_mean, m.running_var
+
+
+def _copy_running_stats(m: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """Copies of a batch-norm layer's running mean and variance."""
+    mean, var = _running_stats(m)
+    return mean.clone(), var.clone()
+
+
+def _set_running_stats(m: nn.modules.batchnorm._BatchNorm, mean: Tensor, var: Tensor) -> None:
+    """Overwrite a batch-norm layer's running mean and variance in place."""
+    running_mean, running_var = _running_stats(m)
+    running_mean.copy_(mean)
+    running_var.copy_(var)
+
+
 class BNMixClassifier(MergerClassifier):
     """Cross-entropy on source; source and target forwarded together; no transfer loss."""
 
@@ -49,7 +68,7 @@ class AdaBNClassifier(MergerClassifier):
     def adapt(self, target_images: Tensor, batch_size: int = 128) -> None:
         """Re-estimate the target statistics from (normalised) target images."""
         layers = self._norm_layers()
-        saved = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in layers]
+        saved = [(*_copy_running_stats(m), m.momentum) for m in layers]
         was_training = self.net.training
         self.net.train()
         for m in layers:
@@ -57,10 +76,9 @@ class AdaBNClassifier(MergerClassifier):
             m.momentum = None
         for start in range(0, len(target_images), batch_size):
             self.net(target_images[start : start + batch_size].to(self.device))
-        self._target_stats = [(m.running_mean.clone(), m.running_var.clone()) for m in layers]
+        self._target_stats = [_copy_running_stats(m) for m in layers]
         for m, (mean, var, momentum) in zip(layers, saved):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
+            _set_running_stats(m, mean, var)
             m.momentum = momentum
         self.net.train(was_training)
 
@@ -72,16 +90,14 @@ class AdaBNClassifier(MergerClassifier):
         if not stats:
             yield
             return
-        saved = [(m.running_mean.clone(), m.running_var.clone()) for m in layers]
+        saved = [_copy_running_stats(m) for m in layers]
         for m, (mean, var) in zip(layers, stats):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
+            _set_running_stats(m, mean, var)
         try:
             yield
         finally:
             for m, (mean, var) in zip(layers, saved):
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
+                _set_running_stats(m, mean, var)
 
     def _adapt_from_datamodule(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -83,7 +83,7 @@ class CDANClassifier(MergerClassifier):
 
     def transfer_loss(
         self, source: StepOutputs, target: StepOutputs
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Tensor, dict[str, Tensor | float]]:
         coefficient = self.coefficient
         n_s = len(source.features)
         features = torch.cat([source.features, target.features])

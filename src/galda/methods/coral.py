@@ -19,5 +19,5 @@ class CORALClassifier(MergerClassifier):
 
     def transfer_loss(
         self, source: StepOutputs, target: StepOutputs
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Tensor, dict[str, Tensor | float]]:
         return coral_loss(source.features, target.features), {}

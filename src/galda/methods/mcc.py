@@ -38,5 +38,5 @@ class MCCClassifier(MergerClassifier):
 
     def transfer_loss(
         self, source: StepOutputs, target: StepOutputs
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Tensor, dict[str, Tensor | float]]:
         return minimum_class_confusion(target.logits, self.temperature), {}

@@ -48,7 +48,7 @@ class SelfTrainingClassifier(MergerClassifier):
 
     def transfer_loss(
         self, source: StepOutputs, target: StepOutputs
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Tensor, dict[str, Tensor | float]]:
         loss, confident, _ = confident_pseudo_label_loss(target.logits, self.threshold)
         active = self.progress >= self.warmup
         if not active:

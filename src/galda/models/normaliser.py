@@ -19,6 +19,9 @@ class DomainNormaliser(nn.Module):
     every checkpoint.
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(len(DOMAINS), channels))

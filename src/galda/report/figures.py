@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -147,7 +148,7 @@ def draw_figure1(groups: list[Group], data: str):
                 stds = np.array([g.stats[(dom, m)].std for m in METRICS])
                 errs = np.where(np.isfinite(stds), stds, 0.0)
                 c = colors[key]
-                kw = (
+                kw: dict[str, Any] = (
                     dict(facecolor=to_rgba(c, 0.22), edgecolor=c, hatch=SOURCE_HATCH, linewidth=0.9)
                     if dom == "source"
                     else dict(facecolor=c, edgecolor=c, linewidth=0.9)

@@ -259,7 +259,9 @@ def table1_latex(groups: list[Group], expected_seeds: list[int] | None = None) -
         out.append(r"\label{tab:table1-" + "".join(c if c.isalnum() else "-" for c in data) + "}")
         out.append(r"\begin{tabular}{l" + "c" * (2 * k) + "}")
         out.append(r"\toprule")
-        out.append(" & " + rf"\multicolumn{{{k}}}{{c}}{{Source}} & \multicolumn{{{k}}}{{c}}{{Target}} \\")
+        out.append(
+            " & " + rf"\multicolumn{{{k}}}{{c}}{{Source}} & \multicolumn{{{k}}}{{c}}{{Target}} \\"
+        )
         out.append(rf"\cmidrule(lr){{2-{k + 1}}}\cmidrule(lr){{{k + 2}-{2 * k + 1}}}")
         out.append(
             "Method & " + " & ".join(tex_escape(model_label(m)) for m in models * 2) + r" \\"

@@ -80,6 +80,7 @@ def make_gallery(
             i = idx[c]
             ax.imshow(_rgb(dom.images[i], bands, stretch, q), origin="lower")
             if r % 2 == 0:
+                assert src.labels is not None  # rows hold indices only for a labelled source
                 if src.labels[i] == 1:
                     t = (
                         f"{STAGES[int(p['merger_stage'][i])]}\n"

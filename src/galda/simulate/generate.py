@@ -94,7 +94,7 @@ def _render_task(
             gids.append(gid)
             params.append(par)
     src = np.stack(images)
-    out = {
+    out: dict[str, Any] = {
         "source": src,
         "labels": np.asarray(labels, np.uint8),
         "galaxy_id": np.asarray(gids, np.int64),
@@ -240,6 +240,7 @@ def simulate_domains(
 
     n_img = cfg["n_mergers"] + cfg["n_nonmergers"]
     src_plan = plan_systems(cfg, seed, stream=0, id_offset=0)
+    jobs: list[tuple[list, tuple[str, ...]]]
     if paired:
         jobs = [(chunks(src_plan, True), ("source", "target"))]
     else:
@@ -271,7 +272,7 @@ def simulate_domains(
                     nonlocal start, buf
                     if not buf:
                         return
-                    cat = {
+                    cat: dict[str, Any] = {
                         "labels": np.concatenate([r["labels"] for r in buf]),
                         "galaxy_id": np.concatenate([r["galaxy_id"] for r in buf]),
                         "params": {

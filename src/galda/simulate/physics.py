@@ -36,7 +36,9 @@ separation, inclination and position angle.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast, overload
 
 import galsim
 import numpy as np
@@ -101,6 +103,10 @@ PARAM_NAMES: tuple[str, ...] = (
 )
 
 
+@overload
+def mag_to_njy(mag: float) -> float: ...
+@overload
+def mag_to_njy(mag: np.ndarray) -> np.ndarray: ...
 def mag_to_njy(mag: float | np.ndarray) -> float | np.ndarray:
     return 10.0 ** (-0.4 * (np.asarray(mag, dtype=float) - AB_ZEROPOINT_NJY))
 
@@ -347,7 +353,7 @@ def sample_system(seed: int, galaxy_id: int, label: int) -> System:
             comps += ccomps
         sysm.companion_pos = cpos
         # tidal debris in the orbital plane, carrying f_tidal of the system's light
-        galaxy_flux = sum(c.flux for c in comps)
+        galaxy_flux = cast(np.ndarray, sum(c.flux for c in comps))
         for c in comps:
             c.flux = c.flux * (1.0 - f_tidal)
         tidal_flux = galaxy_flux * f_tidal
@@ -386,7 +392,7 @@ def sample_system(seed: int, galaxy_id: int, label: int) -> System:
             # tails launched from each galaxy, pointing away from the other, trailing the orbit
             for start, weight, phi0 in ((prim2, 1.0, np.pi), (comp2, mu**0.5, 0.0)):
                 L = rng.uniform(1.0, 3.0) * (0.6 + 0.4 * weight)
-                r0 = np.linalg.norm(start - com2) + 0.15
+                r0 = float(np.linalg.norm(start - com2)) + 0.15
                 feats.append(
                     (
                         _arc_points(com2, r0, r0 + L, phi0, sense * rng.uniform(0.8, 2.2), 0.15),
@@ -565,7 +571,7 @@ def render_view(
         ks.append(k)
         fluxes.append(c.flux)
     if debris:  # tidal debris shares one colour: one transform for all of it
-        tot = sum(c.flux for c in debris)
+        tot = cast(np.ndarray, sum(c.flux for c in debris))
         xy = np.array([(rot @ c.pos3d)[:2] + jitter for c in debris])
         w = np.array([c.flux[2] / tot[2] for c in debris])
         ks.append(grid.points(xy, w, np.array([c.hlr for c in debris])))
@@ -589,11 +595,12 @@ def render_view(
         img[b] = grid.to_image(kband[b], b)
     params = {k: float(sysm.scalars.get(k, np.nan)) for k in PARAM_NAMES}
     total = F.sum(axis=0)
-    prim = sum(c.flux for c in sysm.components)
+    prim = cast(np.ndarray, sum(c.flux for c in sysm.components))
     for b, name in enumerate(BAND_NAMES):
         params[f"flux_{name}"] = float(total[b])
         params[f"mag_{name}"] = float(AB_ZEROPOINT_NJY - 2.5 * np.log10(prim[b]))
     m = sysm.main
+    assert m is not None  # sample_system always sets the primary's main component
     params.update(
         half_light_radius_arcsec=m.hlr,
         sersic_n=m.n,
@@ -614,7 +621,7 @@ def render_view(
 
 
 def add_noise(
-    img: np.ndarray, sigma: np.ndarray, seed: int, galaxy_id: int, view: int
+    img: np.ndarray, sigma: np.ndarray | Sequence[float], seed: int, galaxy_id: int, view: int
 ) -> np.ndarray:
     """Target image: ``img`` plus Gaussian sky noise; depends only on (seed, galaxy_id, view)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1, galaxy_id, view]))
