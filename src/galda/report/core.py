@@ -134,6 +134,9 @@ def build_report(
         files["table1_vs_paper.csv"] = _write_text(
             out / "table1_vs_paper.csv", tables.paper_csv(groups)
         )
+    from .calibration import write_calibration
+
+    files.update(write_calibration([r for r in runs if not r.smoke], out))
     if figures:
         from .figures import write_figure1
 
