@@ -59,6 +59,8 @@ METHOD_LABELS = {
     "oracle_joint": "Joint oracle (source + target labels)",
 }
 MODEL_ORDER = ("deepmerge", "resnet18")
+#: rows that belong to no network (the classical Gini–M20 + A row): shown in every model column
+MODEL_FREE = ("classical",)
 MODEL_LABELS = {"deepmerge": "DeepMerge", "resnet18": "ResNet18"}
 METRIC_LABELS = {
     "acc": "Accuracy",
@@ -510,7 +512,7 @@ def aggregate(
             groups[key] = Group(*key)
 
     for g in groups.values():
-        if expected_seeds is not None:
+        if expected_seeds is not None and g.model not in MODEL_FREE:  # the classical row: seedless
             exp = set(expected_seeds)
         else:
             exp = {r.seed for r in g.runs if r.seed is not None}
@@ -519,7 +521,7 @@ def aggregate(
         for r in g.runs:
             by_seed.setdefault(r.seed, []).append(r)
         for seed, rs in sorted(by_seed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
-            if seed is not None and expected_seeds is not None and seed not in exp:
+            if seed is not None and seed not in exp:
                 g.ignored.append(seed)
                 continue
             done = sorted((r for r in rs if r.complete), key=lambda r: r.mtime)
@@ -570,6 +572,17 @@ def aggregate(
         if len(configs) > 1:
             shown = " | ".join(" ".join(c) or "(defaults)" for c in sorted(configs))
             g.notes.append(f"averaged runs differ in configuration: {shown}")
+        measured = [r.raw["measured_fraction"] for r in g.used if r.raw.get("measured_fraction")]
+        if measured:
+            g.notes.append(
+                "statmorph measured "
+                + ", ".join(
+                    f"{d} {100 * float(m.get(d, m) if isinstance(m, dict) else m):.2f} %"
+                    for m in measured[:1]
+                    for d in (("source", "target") if isinstance(m, dict) else ("all",))
+                )
+                + " of the stamps (failed stamps get the training medians, flagged)"
+            )
         commits = {r.raw.get("git_commit") for r in g.used if r.raw.get("git_commit")}
         if len(commits) > 1:
             g.notes.append(f"runs come from {len(commits)} different git commits")

@@ -15,6 +15,7 @@ from .collect import (
     METHOD_LABELS,
     METRIC_LABELS,
     METRICS,
+    MODEL_FREE,
     TARGET_LABEL_MARK,
     Group,
     Stat,
@@ -35,7 +36,10 @@ def _by_data(groups: list[Group]) -> dict[str, list[Group]]:
 
 
 def _models(groups: Iterable[Group]) -> list[str]:
-    return sorted({g.model for g in groups}, key=model_sort_key)
+    """Network columns; a model-free row (MODEL_FREE) gets a column only when it is alone."""
+    models = {g.model for g in groups}
+    networks = models - set(MODEL_FREE)
+    return sorted(networks or models, key=model_sort_key)
 
 
 def _rows(groups: Iterable[Group]) -> list[tuple[str, bool]]:
@@ -45,7 +49,15 @@ def _rows(groups: Iterable[Group]) -> list[tuple[str, bool]]:
 
 
 def _index(groups: Iterable[Group]) -> dict[tuple[str, str, bool], Group]:
-    return {(g.model, g.method, g.uses_target_labels): g for g in groups}
+    """(model, method, flag) → group; a model-free group answers for every model."""
+    groups = list(groups)
+    models = {g.model for g in groups} - set(MODEL_FREE)
+    idx = {(g.model, g.method, g.uses_target_labels): g for g in groups}
+    for g in groups:
+        if g.model in MODEL_FREE:
+            for model in models:
+                idx.setdefault((model, g.method, g.uses_target_labels), g)
+    return idx
 
 
 def fmt_pct(st: Stat | None, with_n: bool = True) -> str:
