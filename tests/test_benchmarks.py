@@ -62,3 +62,62 @@ def test_quick_benchmark_writes_json(tmp_path):
     assert _positive(report["memory"]["peak_rss_mib_process"])
     assert "package_ge_0.9x_reference" in report["acceptance"]
     assert not list(tmp_path.glob(".bench.json.*.tmp")), "atomic write left a temporary file"
+
+
+# --------------------------------------------------------------------------- module registry
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    """benchmarks/run.py imported in-process (its OMP_WAIT_POLICY default is undone afterwards)."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import run
+
+    return run
+
+
+def test_every_registered_benchmark_has_a_name_and_run(bench):
+    names = [m.NAME for m in bench.BENCHMARKS]
+    assert len(names) == len(set(names))
+    assert {"training", "loader", "simulation", "memory"} <= set(names)
+    assert names[-1] == "memory"  # the process peak is read last
+    for module in bench.BENCHMARKS:
+        assert callable(module.run)
+
+
+def test_selection_and_unknown_names(bench):
+    args = bench.parse_args(["--only", "training,loader", "--skip", "loader"])
+    assert [m.NAME for m in bench.selected(args)] == ["training"]
+    args = bench.parse_args(["--no-sim"])
+    assert "simulation" not in [m.NAME for m in bench.selected(args)]
+    with pytest.raises(SystemExit) as err:
+        bench.parse_args(["--only", "nonesuch"])
+    assert err.value.code == 2
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--models", "vgg"])
+
+
+def test_one_more_module_is_one_registry_entry(bench, monkeypatch, tmp_path):
+    """A module with NAME and run(args) -> dict, listed in BENCHMARKS, lands in the JSON."""
+    import types
+
+    seen = {}
+
+    def run(args):
+        seen["device"] = str(args.device)
+        seen["tmp_exists"] = args.tmp.is_dir()
+        return {"predict": {"images_per_s": 123.0}, "acceptance": {"predict_ok": True}}
+
+    module = types.SimpleNamespace(NAME="predict", run=run)
+    registry = [*bench.BENCHMARKS[:-1], module, bench.BENCHMARKS[-1]]  # memory stays last
+    monkeypatch.setattr(bench, "BENCHMARKS", registry)
+    out = tmp_path / "b.json"
+    assert bench.main(["--only", "predict,memory", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["predict"] == {"images_per_s": 123.0}
+    assert report["acceptance"]["predict_ok"] is True
+    assert report["simulation"]["status"] == "skipped"  # unselected modules keep their key
+    assert _positive(report["memory"]["peak_rss_mib_process"])
+    assert seen == {"device": "cpu", "tmp_exists": True}
+    assert report["settings"]["benchmarks"] == ["predict", "memory"]

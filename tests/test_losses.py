@@ -94,7 +94,7 @@ def test_biased_minus_unbiased_is_diagonal_correction():
 
 
 def plain_mmd64(x: torch.Tensor, y: torch.Tensor, variances, unbiased: bool) -> torch.Tensor:
-    """Float64 MMD² from explicit differences (x_i − y_j)², differentiable: the gradient reference."""
+    """Float64 MMD² from explicit differences (x_i − y_j)², differentiable (gradient reference)."""
 
     def k(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         d2 = (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
