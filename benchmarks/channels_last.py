@@ -42,8 +42,9 @@ def main() -> int:
         paths = common.make_synthetic_data(tmp / "data", 2048)
         dms = {}
         for cl in (False, True):
-            ns = bench.parse_args(["--batch-size", str(args.batch_size)]
-                                  + (["--channels-last"] if cl else []))
+            ns = bench.parse_args(
+                ["--batch-size", str(args.batch_size)] + (["--channels-last"] if cl else [])
+            )
             cfg = common.compose_config("deepmerge", "baseline", ns, device, paths, tmp / "run")
             common.apply_torch_flags(cfg)
             dm = instantiate(cfg.data, _convert_="all")
@@ -59,7 +60,7 @@ def main() -> int:
                     loops[cl] = ReferenceLoop(cfg, dm, steps + 2, device)
                 times = {False: [], True: []}
                 for i in range(steps + 2):
-                    for cl in ((False, True) if i % 2 == 0 else (True, False)):
+                    for cl in (False, True) if i % 2 == 0 else (True, False):
                         common.sync(device)
                         t0 = time.perf_counter()
                         loops[cl].step()

@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_loader  # noqa: E402
 import bench_memory  # noqa: E402
+import bench_out_of_core  # noqa: E402
+import bench_peers  # noqa: E402
 import bench_simulation  # noqa: E402
 import bench_training  # noqa: E402
 import torch  # noqa: E402
@@ -55,6 +57,8 @@ from bench_machine import load_average, machine_info, machine_slug, versions  # 
 BENCHMARKS = [
     bench_training,
     bench_loader,
+    bench_out_of_core,
+    bench_peers,
     bench_simulation,
     bench_memory,
 ]
