@@ -194,6 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             path.unlink(missing_ok=True)
     size = 2 * (total // 2) * 3 * 75 * 75 * 4
     result = {
+        "status": "ok",
         "images": 2 * (total // 2),
         "data_gib": round(size / 2**30, 2),
         "write_s": round(write_s, 1),
@@ -212,6 +213,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         line += f"; {result['warm_over_fastest_training']:.0f}x the fastest training row"
     args.console.print(line)
     return {"out_of_core": result, "acceptance": accept}
+
+
+def skipped(args: argparse.Namespace) -> dict[str, Any]:
+    return {"out_of_core": {"status": "skipped", "reason": "not selected (--only / --skip)"}}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

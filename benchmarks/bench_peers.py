@@ -336,6 +336,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"peers": peers, "acceptance": _acceptance(rows, per_image)}
 
 
+def skipped(args: argparse.Namespace) -> dict[str, Any]:
+    return {"peers": {"status": "skipped", "reason": "not selected (--only / --skip)"}}
+
+
 def check(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
     args.peer_methods = [m.strip() for m in args.peer_methods.split(",") if m.strip()]
     for name in args.peer_methods:
