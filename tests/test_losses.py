@@ -173,7 +173,8 @@ def test_paper_set_uses_direct_distances_when_a_tiny_kernel_is_alive(monkeypatch
     x = _features_like_deepmerge(8, 10, d=256) * 4
     y = _features_like_deepmerge(9, 12, d=256) * 4
     x[3] = x[1] + 3e-4 * torch.randn(256, generator=torch.Generator().manual_seed(1)) / 16
-    assert expansion_error_bound(torch.cat([x, y])) > 1e-4
+    pooled = torch.cat([x, y])
+    assert expansion_error_bound(pooled - pooled.mean(0)).max() > 1e-4
     got = _value_and_grads(lambda a, b: multi_kernel_mmd(a, b, PAPER_VARIANCES), x, y)
     want = _value_and_grads(
         lambda a, b: plain_mmd64(a, b, PAPER_VARIANCES, True), x.double(), y.double()
@@ -198,17 +199,37 @@ def test_paper_set_keeps_fast_distances_when_tiny_kernels_vanish(monkeypatch):
         torch.testing.assert_close(g, w.float(), rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["centred", "relu", "clustered"])
+@pytest.mark.parametrize("kind", ["centred", "relu", "clustered", "outliers", "scales"])
 @pytest.mark.parametrize("d", [4, 300, 2592])
 def test_expansion_error_stays_below_bound(kind, d):
     g = torch.Generator().manual_seed(d)
     z = torch.randn(96, d, generator=g)
-    z = {"centred": z, "relu": torch.relu(z) * 3, "clustered": 5 + 0.01 * z}[kind]
+    if kind == "outliers":
+        z[:4] *= 50
+    z = {
+        "relu": torch.relu(z) * 3,
+        "clustered": 5 + 0.01 * z,
+        "scales": z * torch.logspace(-2, 2, 96)[:, None],
+    }.get(kind, z)
     fast = losses_module._GramSquaredDistances.apply(z).double()
     exact = (z.double()[:, None] - z.double()[None]).pow(2).sum(-1)
-    assert (fast - exact).abs().max() <= expansion_error_bound(z)
+    assert ((fast - exact).abs() <= expansion_error_bound(z)).all()
     assert torch.equal(fast.diagonal(), torch.zeros(96, dtype=torch.float64))
     assert (fast >= 0).all()
+
+
+def test_centring_keeps_far_from_origin_features_on_the_fast_path(monkeypatch):
+    """Features sharing a large common part (‖z‖² ≫ distances², as after ReLU) stay accurate."""
+    calls = _count_direct_calls(monkeypatch)
+    x, y = _samples(14, 20, 20, 64, shift=0.3)
+    x, y = x + 300.0, y + 300.0
+    got = _value_and_grads(lambda a, b: multi_kernel_mmd(a, b, (8.0, 32.0, 128.0)), x, y)
+    want = _value_and_grads(
+        lambda a, b: plain_mmd64(a, b, (8.0, 32.0, 128.0), True), x.double(), y.double()
+    )
+    assert calls == []
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w.float(), rtol=1e-3, atol=1e-6)
 
 
 def test_coincident_points_and_half_precision_under_autocast():
