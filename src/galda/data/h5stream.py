@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +104,17 @@ class H5RowReader:
     """Reads rows of one dataset of an HDF5 file, in increasing row order, as float32 arrays.
 
     Opens the file lazily in each process (safe with DataLoader workers); pickles without it.
+    ``threads``: reader threads for the raw layout. Measured on 2 shared cores, batches of 128
+    random rows of a 1.35 GB file: 1 → 4 threads took uncached reads from 6.5k to 9.6k
+    images/s, and cached ones from 58k to 52k (still far above training).
     """
 
-    def __init__(self, path: str | os.PathLike, key: str = "images") -> None:
+    def __init__(self, path: str | os.PathLike, key: str = "images", threads: int = 4) -> None:
         self.path = Path(path)
         self.key = key
+        self.threads = int(threads)
         self._pid: int | None = None
+        self._pool: ThreadPoolExecutor | None = None
         with h5py.File(self.path, "r") as f:
             if key not in f:
                 raise DataFormatError(f"{self.path}: missing dataset '{key}'")
@@ -123,57 +129,78 @@ class H5RowReader:
         return int(np.prod(self.shape[1:])) * self.dtype.itemsize
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_fd", "_file", "_pid")}
+        skip = ("_fd", "_file", "_pid", "_pool")
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._pid = None
+        self._pid, self._pool = None, None
 
     def _open(self) -> None:
         if self._pid == os.getpid():
             return
+        self._pool = None  # a forked child has the parent's pool object but not its threads
         if self.offsets is not None:
             self._fd = os.open(self.path, os.O_RDONLY)
         else:
             self._file = h5py.File(self.path, "r")
         self._pid = os.getpid()
 
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (strictly increasing) as an array of shape (len(rows), *row shape)."""
+    def read(self, rows: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``rows`` (strictly increasing) as an array of shape (len(rows), *row shape).
+
+        With ``positions``, row ``rows[k]`` lands at ``out[positions[k]]`` (a batch's own order),
+        read there directly.
+        """
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) and (np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= self.shape[0]):
             raise ValueError(
                 f"{self.path}: rows must be increasing and within [0, {self.shape[0]})"
             )
+        where = np.arange(len(rows)) if positions is None else np.asarray(positions, np.int64)
         self._open()
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
         if self.offsets is not None:
-            self._pread_rows(rows, out)
+            self._pread_rows(rows, where, out)
         else:
-            self._read_by_chunk(rows, out)
+            self._read_by_chunk(rows, where, out)
         return out
 
-    def _pread_rows(self, rows: np.ndarray, out: np.ndarray) -> None:
-        """One pread per run of rows stored back to back."""
+    def _pread_rows(self, rows: np.ndarray, where: np.ndarray, out: np.ndarray) -> None:
+        """One pread per run of rows stored back to back and wanted side by side; the runs
+        spread over ``threads`` threads (preads release the GIL: more disk requests in flight
+        when cold, two cores copying when cached)."""
         offsets = self.offsets[rows]
         flat = out.reshape(len(rows), -1).view(np.uint8)
-        breaks = np.flatnonzero(np.diff(offsets) != self.row_bytes) + 1
-        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
-            view = memoryview(flat[start:stop]).cast("B")
-            got = os.preadv(self._fd, [view], int(offsets[start]))
-            if got != view.nbytes:
-                raise DataFormatError(f"{self.path}: short read (file truncated?)")
+        joined = (np.diff(offsets) == self.row_bytes) & (np.diff(where) == 1)
+        breaks = np.flatnonzero(~joined) + 1
+        runs = list(zip(np.r_[0, breaks], np.r_[breaks, len(rows)]))
 
-    def _read_by_chunk(self, rows: np.ndarray, out: np.ndarray) -> None:
+        def read_runs(part: list[tuple[int, int]]) -> None:
+            for start, stop in part:
+                first = where[start]
+                view = memoryview(flat[first : first + stop - start]).cast("B")
+                if os.preadv(self._fd, [view], int(offsets[start])) != view.nbytes:
+                    raise DataFormatError(f"{self.path}: short read (file truncated?)")
+
+        if self.threads < 2 or len(runs) < 4 * self.threads:
+            read_runs(runs)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="h5stream")
+        parts = [runs[i :: self.threads] for i in range(self.threads)]
+        for done in self._pool.map(read_runs, parts):
+            del done
+
+    def _read_by_chunk(self, rows: np.ndarray, where: np.ndarray, out: np.ndarray) -> None:
         """Each touched chunk once, as a slice; the wanted rows taken from it."""
         ds = self._file[self.key]
         per_chunk = self.chunks[0] if self.chunks else max(1, self.shape[0])
-        chunk_of = rows // per_chunk
-        breaks = np.flatnonzero(np.diff(chunk_of)) + 1
+        breaks = np.flatnonzero(np.diff(rows // per_chunk)) + 1
         for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
             first, last = int(rows[start]), int(rows[stop - 1])
             block = ds[first : last + 1]
-            out[start:stop] = block[rows[start:stop] - first]
+            out[where[start:stop]] = block[rows[start:stop] - first]
 
 
 class H5StreamDataset(Dataset):
@@ -216,10 +243,8 @@ class H5StreamDataset(Dataset):
         """Normalised images of dataset indices ``indices``, in that order."""
         file_rows = self.rows[np.asarray(indices, dtype=np.int64)]
         order = np.argsort(file_rows, kind="stable")
-        block = self.reader.read(file_rows[order])
-        batch = np.empty_like(block)
-        batch[order] = block
-        x = (torch.from_numpy(batch) - self.mean) / self.std
+        x = torch.from_numpy(self.reader.read(file_rows[order], positions=order))
+        x.sub_(self.mean).div_(self.std)  # in place; the same two roundings as (x − m) / s
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __getitems__(self, indices: Sequence[int]) -> Tensor | tuple[Tensor, Tensor]:
