@@ -6,9 +6,10 @@ uncompressed chunk per image, ``DomainWriter(chunk_images=1, compression=None)``
 generated block of 1,000 images shifted block by block. Then, batches of 128 + 128 (source +
 target, seeded permutations, ``drop_last``) are drawn:
 
-* ``cold``: right after the files' pages were dropped from the page cache (``posix_fadvise``
-  DONTNEED after ``fsync``; best effort), so the reads reach the disk;
-* ``warm``: further batches once the files are cached as far as memory allows;
+* ``warm``: right after writing, with the files in the page cache as far as memory allows;
+* ``cold``: after the files' pages were dropped from the page cache (``posix_fadvise``
+  DONTNEED after ``fsync``; best effort), so most reads reach the disk: the case of a set
+  larger than memory;
 * ``in_memory``: the in-memory path (``ArrayDataset`` of normalised tensors, same sampler) on the
   largest prefix that fits ``--ooc-memory-gib`` (its speed does not depend on the set's size).
 
@@ -102,7 +103,7 @@ def memory_loaders(paths: dict[str, Path], batch: int, seed: int, budget: int) -
     loaders = {}
     for d, (domain, path) in enumerate(paths.items()):
         images = torch.from_numpy(H5RowReader(path).read(np.arange(n)))
-        images = (images - images.mean()) / images.std()
+        images.sub_(images.mean()).div_(images.std())
         labels = torch.zeros(n, dtype=torch.long) if domain == "source" else None
         ds = ArrayDataset(images, labels)
         sampler = EpochSeededSampler(n, seed + d)
@@ -148,10 +149,10 @@ def measure(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, Any]:
     """Cold, warm and in-memory passes over the written set."""
     batch = 16 if args.quick else 128
     n_batches = args.ooc_batches or (20 if args.quick else 200)
-    cold_ok = all(drop_page_cache(p) for p in paths.values())
     loaders = stream_loaders(paths, batch, seed=5)
-    cold = time_batches(loaders, max(5, n_batches // 10), args.device)
     warm = _median_pass(loaders, n_batches, args.repeats, args.device)
+    cold_ok = all(drop_page_cache(p) for p in paths.values())
+    cold = time_batches(loaders, max(5, n_batches // 4), args.device)
     budget = int(args.ooc_memory_gib * 2**30)
     mem_loaders, held = memory_loaders(paths, batch, seed=5, budget=budget)
     in_memory = _median_pass(mem_loaders, n_batches, args.repeats, args.device)
@@ -172,12 +173,14 @@ def _compare_with_training(report: dict[str, Any], result: dict[str, Any]) -> di
     fastest = max(rows, key=lambda r: r["package"]["steps_per_s"], default=None)
     if fastest is None:
         return {}
-    over = result["warm"]["batches_per_s"] / fastest["package"]["steps_per_s"]
+    steps = fastest["package"]["steps_per_s"]
     result["fastest_training_row"] = f"{fastest['model']}/{fastest['method']}"
-    result["warm_over_fastest_training"] = over
+    result["warm_over_fastest_training"] = result["warm"]["batches_per_s"] / steps
+    result["cold_over_fastest_training"] = result["cold"]["batches_per_s"] / steps
     return {
-        "out_of_core_over_fastest_training": round(over, 1),
-        "out_of_core_ge_10x_training": over >= 10,
+        "out_of_core_over_fastest_training": round(result["warm_over_fastest_training"], 1),
+        "out_of_core_ge_10x_training": result["warm_over_fastest_training"] >= 10,
+        "out_of_core_cold_over_fastest_training": round(result["cold_over_fastest_training"], 1),
     }
 
 
@@ -210,7 +213,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{m['images_per_s']:.0f} images/s ({m['images_held_per_domain']:,} per domain held)"
     )
     if "warm_over_fastest_training" in result:
-        line += f"; {result['warm_over_fastest_training']:.0f}x the fastest training row"
+        line += (
+            f"; warm {result['warm_over_fastest_training']:.0f}x, cold "
+            f"{result['cold_over_fastest_training']:.0f}x the fastest training row"
+        )
     args.console.print(line)
     return {"out_of_core": result, "acceptance": accept}
 

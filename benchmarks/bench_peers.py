@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_common import CONF, REPO, compose_config, make_synthetic_data
+from bench_common import CONF, REPO, apply_torch_flags, compose_config, make_synthetic_data
 from bench_training import build_trainer
 from torch import nn
 
@@ -221,7 +221,11 @@ def skada_inputs(datamodule) -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 
 def run_skada(method: str, cfg, datamodule, steps: int, epochs: int, device: str) -> dict:
-    """One skada fit on ``device``: per-epoch ``dur`` and the total wall time of ``fit``."""
+    """One skada fit on ``device``: per-epoch ``dur`` and the total wall time of ``fit``.
+
+    Under the global torch flags galda's trainer config sets (``deterministic``, cuDNN
+    benchmark), so that both libraries run the same kernels."""
+    apply_torch_flags(cfg)
     net = skada_net(method, cfg, steps, epochs, device)
     x, y = skada_inputs(datamodule)
     start = time.perf_counter()
