@@ -116,16 +116,26 @@ def _value_and_grads(fn, x: torch.Tensor, y: torch.Tensor):
     return value.detach(), x.grad, y.grad
 
 
-def _count_direct_calls(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    direct = losses_module._direct_squared_distances
+def _spy_routes(monkeypatch) -> dict[str, list[int]]:
+    """Records the exact-distance routes taken: whole matrices ("direct": batch size) and
+    single pairs ("pairs": number of pairs)."""
+    seen: dict[str, list[int]] = {"direct": [], "pairs": []}
+    direct, pairs = losses_module._direct_squared_distances, losses_module._with_exact_pairs
 
-    def spy(pooled, n_s):
-        calls.append(len(pooled))
+    def spy_direct(pooled, n_s):
+        seen["direct"].append(len(pooled))
         return direct(pooled, n_s)
 
-    monkeypatch.setattr(losses_module, "_direct_squared_distances", spy)
-    return calls
+    def spy_pairs(sq_dist, pooled, flagged):
+        seen["pairs"].append(len(flagged))
+        return pairs(sq_dist, pooled, flagged)
+
+    monkeypatch.setattr(losses_module, "_direct_squared_distances", spy_direct)
+    monkeypatch.setattr(losses_module, "_with_exact_pairs", spy_pairs)
+    return seen
+
+
+FAST_ONLY = {"direct": [], "pairs": []}
 
 
 def _features_like_deepmerge(seed: int, n: int, d: int = 2592) -> torch.Tensor:
@@ -137,20 +147,20 @@ def _features_like_deepmerge(seed: int, n: int, d: int = 2592) -> torch.Tensor:
 @pytest.mark.parametrize("unbiased", [True, False])
 @pytest.mark.parametrize("variances", [(0.5, 2.0, 8.0), (0.05, 1.0, 30.0)])
 def test_fast_path_value_and_gradients_match_float64(monkeypatch, unbiased, variances):
-    calls = _count_direct_calls(monkeypatch)
+    calls = _spy_routes(monkeypatch)
     x, y = _samples(5, 13, 9, 6, shift=0.4)
     got = _value_and_grads(lambda a, b: multi_kernel_mmd(a, b, variances, unbiased), x, y)
     want = _value_and_grads(
         lambda a, b: plain_mmd64(a, b, variances, unbiased), x.double(), y.double()
     )
-    assert calls == []  # the rule kept the matrix-multiply distances
+    assert calls == FAST_ONLY  # the rule kept the matrix-multiply distances
     for g, w in zip(got, want):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, w.float(), rtol=2e-4, atol=2e-6)
 
 
 def test_fast_path_median_loss_on_deepmerge_sized_features(monkeypatch):
-    calls = _count_direct_calls(monkeypatch)
+    calls = _spy_routes(monkeypatch)
     x = _features_like_deepmerge(6, 32, d=512)
     y = _features_like_deepmerge(7, 24, d=512) * 1.1
     loss = MMDLoss(bandwidths="median", unbiased=True)
@@ -159,7 +169,7 @@ def test_fast_path_median_loss_on_deepmerge_sized_features(monkeypatch):
     want = _value_and_grads(
         lambda a, b: plain_mmd64(a, b, s.tolist(), True), x.double(), y.double()
     )
-    assert calls == []
+    assert calls == FAST_ONLY
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w.float(), rtol=1e-3, atol=1e-7)
     assert got[0].abs() > 1e-3
@@ -167,9 +177,10 @@ def test_fast_path_median_loss_on_deepmerge_sized_features(monkeypatch):
 
 def test_paper_set_uses_direct_distances_when_a_tiny_kernel_is_alive(monkeypatch):
     """A near-duplicate pair puts the 1e-6 kernel to work: the expansion's error (≫ 1e-6 for
-    ‖z‖² in the thousands) would change that kernel completely, so the rule picks direct
-    differences, and the result matches the float64 reference, gradients included."""
-    calls = _count_direct_calls(monkeypatch)
+    ‖z‖² in the thousands) would change that kernel completely, so the rule recomputes that
+    pair from direct differences, and the result matches the float64 reference, gradients
+    included."""
+    calls = _spy_routes(monkeypatch)
     x = _features_like_deepmerge(8, 10, d=256) * 4
     y = _features_like_deepmerge(9, 12, d=256) * 4
     x[3] = x[1] + 3e-4 * torch.randn(256, generator=torch.Generator().manual_seed(1)) / 16
@@ -179,22 +190,55 @@ def test_paper_set_uses_direct_distances_when_a_tiny_kernel_is_alive(monkeypatch
     want = _value_and_grads(
         lambda a, b: plain_mmd64(a, b, PAPER_VARIANCES, True), x.double(), y.double()
     )
-    assert calls == [22]
+    assert calls == {"direct": [], "pairs": [1]}  # the pair (1, 3) only
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w.float(), rtol=1e-3, atol=1e-5)
     matmul = multi_kernel_mmd(x, y, PAPER_VARIANCES, distances="matmul")
     assert (matmul - want[0]).abs() > 100 * (got[0] - want[0]).abs()
 
 
+def test_many_near_duplicates_fall_back_to_direct_matrix(monkeypatch):
+    calls = _spy_routes(monkeypatch)
+    g = torch.Generator().manual_seed(2)
+    centre = _features_like_deepmerge(3, 1, d=128) * 4  # two tight clusters far apart
+    x = centre + 1e-4 * torch.randn(6, 128, generator=g)
+    y = centre + 50.0 + 1e-4 * torch.randn(5, 128, generator=g)
+    got = _value_and_grads(lambda a, b: multi_kernel_mmd(a, b, PAPER_VARIANCES), x, y)
+    want = _value_and_grads(
+        lambda a, b: plain_mmd64(a, b, PAPER_VARIANCES, True), x.double(), y.double()
+    )
+    assert calls == {"direct": [11], "pairs": []}
+    for g_, w in zip(got, want):
+        torch.testing.assert_close(g_, w.float(), rtol=1e-3, atol=1e-4)
+
+
+def test_bright_outlier_pairs_are_fixed_alone(monkeypatch):
+    """Two bright points with similar features (large norms, moderate distance): only their
+    pair needs exact differences under the median set."""
+    calls = _spy_routes(monkeypatch)
+    x, y = _samples(15, 24, 24, 64, shift=0.2, scale=3.0)
+    bright = 400.0 * torch.ones(64)
+    x[0], y[0] = bright + x[0], bright + x[0] + 0.5 * y[0]
+    loss = MMDLoss(bandwidths="median")
+    got = _value_and_grads(loss, x, y)
+    s = median_variances(x.double(), y.double())
+    want = _value_and_grads(
+        lambda a, b: plain_mmd64(a, b, s.tolist(), True), x.double(), y.double()
+    )
+    assert calls["direct"] == [] and calls["pairs"] and max(calls["pairs"]) <= 3
+    for g_, w in zip(got, want):
+        torch.testing.assert_close(g_, w.float(), rtol=1e-3, atol=1e-6)
+
+
 def test_paper_set_keeps_fast_distances_when_tiny_kernels_vanish(monkeypatch):
     """Without close pairs every tiny-variance term is exactly 0 both ways: no direct pass."""
-    calls = _count_direct_calls(monkeypatch)
+    calls = _spy_routes(monkeypatch)
     x, y = _features_like_deepmerge(10, 16, d=256), _features_like_deepmerge(11, 16, d=256)
     got = _value_and_grads(lambda a, b: multi_kernel_mmd(a, b, PAPER_VARIANCES, False), x, y)
     want = _value_and_grads(
         lambda a, b: plain_mmd64(a, b, PAPER_VARIANCES, False), x.double(), y.double()
     )
-    assert calls == []
+    assert calls == FAST_ONLY
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w.float(), rtol=1e-3, atol=1e-6)
 
@@ -220,14 +264,14 @@ def test_expansion_error_stays_below_bound(kind, d):
 
 def test_centring_keeps_far_from_origin_features_on_the_fast_path(monkeypatch):
     """Features sharing a large common part (‖z‖² ≫ distances², as after ReLU) stay accurate."""
-    calls = _count_direct_calls(monkeypatch)
+    calls = _spy_routes(monkeypatch)
     x, y = _samples(14, 20, 20, 64, shift=0.3)
     x, y = x + 300.0, y + 300.0
     got = _value_and_grads(lambda a, b: multi_kernel_mmd(a, b, (8.0, 32.0, 128.0)), x, y)
     want = _value_and_grads(
         lambda a, b: plain_mmd64(a, b, (8.0, 32.0, 128.0), True), x.double(), y.double()
     )
-    assert calls == []
+    assert calls == FAST_ONLY
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w.float(), rtol=1e-3, atol=1e-6)
 
