@@ -13,9 +13,10 @@ the same batches without holding the images:
 - :class:`H5RowReader` does the reading. When the ``images`` dataset is stored without filters
   (contiguous, or chunked with no compression), each row's byte offset is known and a batch is a
   handful of ``os.pread`` calls (adjacent rows merged); otherwise it reads each touched chunk's
-  rows as one slice. Random batches from gzip chunks of 64 images decompress a chunk per image
-  (about 100× slower): :func:`rechunk_for_streaming` writes a copy with one uncompressed chunk per
-  image, the layout this path is meant for (:func:`streaming_layout` tells which one a file has).
+  rows as one slice. Random batches from gzip chunks of 64 images (galda's default layout)
+  decompress a chunk per image, about 250× slower (69 against 16,800 images/s measured):
+  :func:`rechunk_for_streaming` writes a copy with one uncompressed chunk per image, the layout
+  this path is meant for (:func:`streaming_layout` tells which one a file has).
 """
 
 from __future__ import annotations
