@@ -206,6 +206,23 @@ def make_synthetic_data(
     return src, tgt
 
 
+def build_datamodule(cfg):
+    """The DataModule as the app builds it: from ``cfg.data`` without its provisioning keys."""
+    from hydra.utils import instantiate
+
+    from galda.provision import datamodule_config
+
+    return instantiate(datamodule_config(cfg.data), _convert_="all")
+
+
+def feed(datamodule, module) -> int:
+    """Point the shared DataModule's training loader at the domains ``module`` trains on (as
+    ``galda.train`` does through ``configure_training`` before setup); images per step."""
+    uses_target = bool(getattr(module, "uses_target_images", True))
+    datamodule.train_domains = ("source", "target") if uses_target else ("source",)
+    return datamodule.batch_size * (2 if uses_target else 1)
+
+
 def shared_datamodule(args: argparse.Namespace):
     """The one DataModule of the synthetic set every training row uses (made on first call).
 
@@ -213,8 +230,6 @@ def shared_datamodule(args: argparse.Namespace):
     """
     if "datamodule" in args.shared:
         return args.shared["datamodule"]
-    from hydra.utils import instantiate
-
     settings = args.report["settings"]
     start = time.perf_counter()
     paths = make_synthetic_data(args.tmp / "data", args.images)
@@ -223,7 +238,7 @@ def shared_datamodule(args: argparse.Namespace):
         args.models[0], args.methods[0], args, args.device, paths, args.tmp / "run"
     )
     apply_torch_flags(cfg)
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = build_datamodule(cfg)
     start = time.perf_counter()
     datamodule.setup("fit")
     settings["datamodule_setup_s"] = round(time.perf_counter() - start, 2)

@@ -19,6 +19,7 @@ NAME = "loader"
 
 def _iterate(datamodule, n_batches: int, device: torch.device, to_device: bool) -> dict:
     """Batches/s and images/s of ``n_batches`` batches, epochs restarting as needed."""
+    datamodule.train_domains = ("source", "target")  # 128 + 128, as MMD and DANN train
     loader = datamodule.train_dataloader()
     count = images = 0
     sync(device)

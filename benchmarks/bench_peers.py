@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_common import CONF, REPO, apply_torch_flags, compose_config, make_synthetic_data
+from bench_common import (
+    CONF,
+    REPO,
+    apply_torch_flags,
+    build_datamodule,
+    compose_config,
+    feed,
+    make_synthetic_data,
+)
 from bench_training import build_trainer
 from torch import nn
 
@@ -109,6 +117,7 @@ def run_galda(cfg, datamodule) -> dict[str, Any]:
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = build_module(cfg)
+    feed(datamodule, module)
     timer = _epoch_timer()
     trainer = build_trainer(cfg, [timer], max_steps=-1)
     start = time.perf_counter()
@@ -304,7 +313,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         note = f"skada not available ({missing}); pip install -e '.[bench]' for the peer row"
         args.console.print(f"peers: skipped: {note}")
         return {"peers": {"status": "skipped", "reason": note}}
-    from hydra.utils import instantiate
 
     paths, label = peer_data(args)
     batch = 16 if args.quick else 128
@@ -318,7 +326,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     datamodules = {}
     for name, by_method in cfgs.items():
-        datamodules[name] = instantiate(by_method[args.peer_methods[0]].data, _convert_="all")
+        datamodules[name] = build_datamodule(by_method[args.peer_methods[0]])
         datamodules[name].setup("fit")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.peer_threads or threads)

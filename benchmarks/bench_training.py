@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import MemoryWatch, compose_config, quartiles, shared_datamodule, sync
+from bench_common import MemoryWatch, compose_config, feed, quartiles, shared_datamodule, sync
 from bench_reference import ReferenceLoop
 
 NAME = "training"
@@ -76,22 +76,19 @@ def _make_timer_callback(warmup: int, device: torch.device, reference: Reference
 
 
 def build_trainer(cfg, callbacks: list, max_steps: int):
-    """A Trainer from ``cfg.trainer`` as ``galda.train.train`` builds it, minus logger,
-    checkpointing, progress bar and summary. The one place to swap for ``galda.train``'s own
-    trainer factory once it exists."""
-    from hydra.utils import instantiate
-
+    """The Trainer ``galda.train.train`` builds (``galda.train.build_trainer`` with the job's
+    device and thread settings), minus logger, checkpointing, progress bar and summary."""
     from galda.devices import configure_job_resources
+    from galda.train import build_trainer as galda_trainer
 
-    return instantiate(
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=False,
+    return galda_trainer(
+        cfg,
+        callbacks,
+        None,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         max_steps=max_steps,
-        _convert_="partial",
         **configure_job_resources(cfg.get("pin_devices", "auto")),
     )
 
@@ -141,18 +138,15 @@ def step_summary(times: list[float], images_per_step: int, mem: MemoryWatch) -> 
     }
 
 
-def _images_per_step(module, datamodule) -> int:
-    return datamodule.batch_size * (2 if getattr(module, "needs_target_batch", True) else 1)
-
-
 def run_paired(cfg, datamodule, steps: int, warmup: int, device, profile_to: Path | None = None):
     """One package fit with a reference step after each package step: (package, reference)."""
     reference = ReferenceLoop(cfg, datamodule, warmup + steps, device)
     module, trainer, timer = build_package(cfg, steps, warmup, device, reference)
+    images_per_step = feed(datamodule, module)
     with MemoryWatch(device) as mem:
         _fit(trainer, module, datamodule, profile_to)
     return (
-        step_summary(timer.times, _images_per_step(module, datamodule), mem),
+        step_summary(timer.times, images_per_step, mem),
         step_summary(timer.ref_times, reference.images_per_step, mem),
     )
 
@@ -160,9 +154,10 @@ def run_paired(cfg, datamodule, steps: int, warmup: int, device, profile_to: Pat
 def run_package(cfg, datamodule, steps: int, warmup: int, device, profile_to: Path | None = None):
     """One fit through the package's path alone."""
     module, trainer, timer = build_package(cfg, steps, warmup, device)
+    images_per_step = feed(datamodule, module)
     with MemoryWatch(device) as mem:
         _fit(trainer, module, datamodule, profile_to)
-    return step_summary(timer.times, _images_per_step(module, datamodule), mem)
+    return step_summary(timer.times, images_per_step, mem)
 
 
 def run_reference(cfg, datamodule, steps: int, warmup: int, device) -> dict[str, Any]:

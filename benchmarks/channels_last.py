@@ -34,7 +34,6 @@ def main() -> int:
     p.add_argument("--omp-wait-policy", default="passive")  # read by run.py at import
     args = p.parse_args()
     common.quiet()
-    from hydra.utils import instantiate
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory(prefix="galda-bench-cl-") as tmp_s:
@@ -47,7 +46,7 @@ def main() -> int:
             )
             cfg = common.compose_config("deepmerge", "baseline", ns, device, paths, tmp / "run")
             common.apply_torch_flags(cfg)
-            dm = instantiate(cfg.data, _convert_="all")
+            dm = common.build_datamodule(cfg)
             dm.setup("fit")
             dms[cl] = (ns, dm)
         print(f"{'model':10s} {'method':9s} {'NCHW ms':>9s} {'NHWC ms':>9s} {'NHWC speed-up':>14s}")

@@ -4,7 +4,8 @@
 Each benchmark is a module ``benchmarks/bench_<name>.py`` exposing ``NAME`` and
 ``run(args) -> dict`` (sections merged into the JSON report), and optionally
 ``add_arguments(parser)``, ``check(args, parser)`` (validate / fill defaults after parsing) and
-``skipped(args) -> dict`` (what the report holds when it is not selected). They run in the order
+``skipped(args) -> dict`` (what the report holds when it is not selected), and ``DEFAULT``
+(``False``: runs only when named in ``--only``). They run in the order
 of :data:`BENCHMARKS`; adding one is one import and one entry there. ``args`` carries the parsed
 options plus ``device``, ``warmup``, ``tmp`` (a temporary folder), ``console`` (rich),
 ``report`` (the report so far), ``shared`` (objects modules share, e.g. the DataModule),
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import os
 import sys
 import tempfile
@@ -46,11 +48,45 @@ import bench_loader  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_out_of_core  # noqa: E402
 import bench_peers  # noqa: E402
+import bench_predict  # noqa: E402
 import bench_simulation  # noqa: E402
 import bench_training  # noqa: E402
 import torch  # noqa: E402
 from bench_common import REPO, quiet, write_json_atomic  # noqa: E402
 from bench_machine import load_average, machine_info, machine_slug, versions  # noqa: E402
+
+
+class Standalone:
+    """A benchmark written as its own script (``run(options) -> report``, own ``add_arguments``)
+    in the registry: its report goes under ``NAME``, its acceptance keys get ``NAME_`` in front,
+    and of its options only those run.py does not have already are added (the shared ones —
+    quick, device, threads — are passed on; its batch size and repeats keep its defaults)."""
+
+    def __init__(self, module: Any, name: str, default: bool = True) -> None:
+        self.module, self.NAME, self.DEFAULT = module, name, default
+        self._dests: list[str] = []
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        own = argparse.ArgumentParser(add_help=False)
+        self.module.add_arguments(own)
+        taken = set(p._option_string_actions)
+        for action in own._actions:
+            if not taken & set(action.option_strings):
+                p._add_action(action)
+                self._dests.append(action.dest)
+
+    def run(self, args: argparse.Namespace) -> dict[str, Any]:
+        options = {d: getattr(args, d) for d in self._dests}
+        options.update(quick=args.quick, device=args.device.type, threads=args.threads)
+        report = self.module.run(options)
+        accept = report.pop("acceptance", {}) or {}
+        report.pop("machine", None)  # the run's own machine record covers it
+        args.console.print(f"{self.NAME}: {json.dumps(accept)}")
+        return {self.NAME: report, "acceptance": {f"{self.NAME}_{k}": v for k, v in accept.items()}}
+
+    def skipped(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {self.NAME: {"status": "skipped", "reason": "not selected (--only / --skip)"}}
+
 
 #: The benchmarks, in running order (later ones may read what earlier ones reported; memory
 #: stays last, as it reads the process's peak).
@@ -59,6 +95,8 @@ BENCHMARKS = [
     bench_loader,
     bench_out_of_core,
     bench_peers,
+    # opt-in (`--only ...,predict`): its 200,000-image memory run writes a 13 GiB file
+    Standalone(bench_predict, "predict", default=False),
     bench_simulation,
     bench_memory,
 ]
@@ -122,9 +160,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def selected(args: argparse.Namespace) -> list[Any]:
     """The benchmark modules this run executes, in order."""
     skip = set(args.skip) | ({"simulation"} if getattr(args, "no_sim", False) else set())
-    return [
-        m for m in BENCHMARKS if (args.only is None or m.NAME in args.only) and m.NAME not in skip
+    wanted = [
+        m
+        for m in BENCHMARKS
+        if (m.NAME in args.only if args.only is not None else getattr(m, "DEFAULT", True))
     ]
+    return [m for m in wanted if m.NAME not in skip]
 
 
 def resolve_device(args: argparse.Namespace) -> torch.device | None:

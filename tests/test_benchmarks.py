@@ -85,7 +85,9 @@ def bench(monkeypatch):
 def test_every_registered_benchmark_has_a_name_and_run(bench):
     names = [m.NAME for m in bench.BENCHMARKS]
     assert len(names) == len(set(names))
-    assert {"training", "loader", "simulation", "memory"} <= set(names)
+    assert {"training", "loader", "out_of_core", "peers", "simulation", "memory"} <= set(names)
+    assert "predict" in names  # registered, opt-in
+    assert "predict" not in [m.NAME for m in bench.selected(bench.parse_args([]))]
     assert names[-1] == "memory"  # the process peak is read last
     for module in bench.BENCHMARKS:
         assert callable(module.run)
@@ -112,20 +114,22 @@ def test_one_more_module_is_one_registry_entry(bench, monkeypatch, tmp_path):
     def run(args):
         seen["device"] = str(args.device)
         seen["tmp_exists"] = args.tmp.is_dir()
-        return {"predict": {"images_per_s": 123.0}, "acceptance": {"predict_ok": True}}
+        return {"fake_predict": {"images_per_s": 123.0}, "acceptance": {"predict_ok": True}}
 
-    module = types.SimpleNamespace(NAME="predict", run=run)
+    module = types.SimpleNamespace(NAME="fake_predict", run=run)
     registry = [*bench.BENCHMARKS[:-1], module, bench.BENCHMARKS[-1]]  # memory stays last
     monkeypatch.setattr(bench, "BENCHMARKS", registry)
     out = tmp_path / "b.json"
-    assert bench.main(["--only", "predict,memory", "--device", "cpu", "--out", str(out)]) == 0
+    argv = ["--only", "fake_predict,memory", "--device", "cpu", "--out", str(out)]
+    assert bench.main(argv) == 0
     report = json.loads(out.read_text())
-    assert report["predict"] == {"images_per_s": 123.0}
+    assert report["fake_predict"] == {"images_per_s": 123.0}
+    assert report["predict"]["status"] == "skipped"  # the real, opt-in one
     assert report["acceptance"]["predict_ok"] is True
     assert report["simulation"]["status"] == "skipped"  # unselected modules keep their key
     assert _positive(report["memory"]["peak_rss_mib_process"])
     assert seen == {"device": "cpu", "tmp_exists": True}
-    assert report["settings"]["benchmarks"] == ["predict", "memory"]
+    assert report["settings"]["benchmarks"] == ["fake_predict", "memory"]
 
 
 def test_out_of_core_module_alone(bench, tmp_path):

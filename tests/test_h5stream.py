@@ -6,13 +6,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from galda.data.datamodule import (
     DOMAINS,
     SPLITS,
     DomainAdaptationDataModule,
     channel_stats,
-    split_galaxies,
+    identity_collate,
 )
 from galda.data.h5format import read_domain, write_domain
 from galda.data.h5stream import (
@@ -28,7 +29,8 @@ from galda.data.h5stream import (
 )
 from galda.errors import GaldaError
 
-N = 150  # images per domain: 105 training images = 13 batches of 8 and a dropped remainder
+N = 150  # images per domain: 104 training images = 14 batches of 7 and a dropped remainder
+BATCH = 7
 
 
 def _contiguous_copy(src, dst):
@@ -62,21 +64,34 @@ def files(tmp_path_factory):
 
 def _datamodule(src, tgt, batch_size=8):
     dm = DomainAdaptationDataModule(str(src), str(tgt), batch_size=batch_size, split_seed=3)
+    dm.configure_training(target_images=True, target_labels=False)
     dm.setup("fit")
     return dm
 
 
 def _rows(dm) -> dict[str, dict[str, np.ndarray]]:
-    """File rows of every domain and split, as DomainAdaptationDataModule.setup selects them."""
-    ids = {d: read_domain(dm.paths[d], load_images=False).galaxy_id for d in DOMAINS}
-    split = split_galaxies(np.concatenate([ids[d] for d in DOMAINS]), dm.split_fractions, 3)
-    return {d: {s: np.flatnonzero(np.isin(ids[d], split[s])) for s in SPLITS} for d in DOMAINS}
+    """File rows of every domain and split: the evaluation splits carry theirs; training gets
+    the rest (the split assigns every galaxy, hence every image, to exactly one split)."""
+    out = {}
+    for d in DOMAINS:
+        held = {s: dm.datasets[d][s].rows.numpy() for s in ("val", "test")}
+        n = len(read_domain(dm.paths[d], load_images=False).galaxy_id)
+        train = np.setdiff1d(np.arange(n), np.concatenate(list(held.values())))
+        out[d] = {"train": train, **held}
+    return out
 
 
 def _stream_dataset(dm, rows, path, domain, split):
     labels = dm.datasets[domain][split].labels is not None
     stats = dm.stats[domain]
-    return H5StreamDataset(path, rows[domain][split], stats["mean"], stats["std"], labels=labels)
+    return H5StreamDataset(
+        path,
+        rows[domain][split],
+        stats["mean"],
+        stats["std"],
+        labels=labels,
+        evaluation=split != "train",
+    )
 
 
 def test_layouts_are_detected(files):
@@ -98,18 +113,18 @@ def test_reader_returns_the_rows_asked_for(files, layout):
 
 @pytest.mark.parametrize("layout", ["gzip", "raw", "contiguous"])
 def test_training_batches_identical_to_in_memory_for_a_seed(files, layout):
-    dm = _datamodule(*files["gzip"])
+    dm = _datamodule(*files["gzip"], batch_size=BATCH)
     rows = _rows(dm)
     torch.manual_seed(1234)  # the in-memory loaders take their seed from torch.initial_seed()
     seed = torch.initial_seed() % (2**31)
     memory = dm.train_dataloader()
     stream = {
         d: stream_loader(
-            _stream_dataset(dm, rows, files[layout][i], d, "train"), 8, seed + i, drop_last=True
+            _stream_dataset(dm, rows, files[layout][i], d, "train"), BATCH, seed + i, drop_last=True
         )
         for i, d in enumerate(DOMAINS)
     }
-    assert dm.split_sizes["source"]["train"] % 8 != 0  # drop_last has a remainder to drop
+    assert dm.split_sizes["source"]["train"] % BATCH != 0  # drop_last has a remainder to drop
     for epoch in (0, 1):
         for loader in memory.flattened:
             loader.sampler.set_epoch(epoch)
@@ -131,20 +146,27 @@ def test_every_split_identical_and_stats_exact(files):
     dm = _datamodule(*files["gzip"])
     rows = _rows(dm)
     for i, domain in enumerate(DOMAINS):
+        assert len(rows[domain]["train"]) == dm.split_sizes[domain]["train"]
         train = read_domain(files["gzip"][i]).images[rows[domain]["train"]]
         mean, std = channel_stats_streamed(files["raw"][i], rows[domain]["train"], chunk=16)
         want_mean, want_std = channel_stats(train, chunk=16)
         assert np.array_equal(mean, want_mean) and np.array_equal(std, want_std)
+        assert np.allclose(mean, dm.stats[domain]["mean"], rtol=0, atol=0)
         for split in SPLITS:
             ds = _stream_dataset(dm, rows, files["raw"][i], domain, split)
             memory = dm.datasets[domain][split]
-            got = [b for b in stream_loader(ds, 8, None, drop_last=False)]
-            images = torch.cat([b[0] if isinstance(b, tuple) else b for b in got])
-            assert torch.equal(images, memory.images)
-            if memory.labels is not None:
-                assert torch.equal(torch.cat([b[1] for b in got]), memory.labels)
-            else:
-                assert ds.labels is None
+            got = list(stream_loader(ds, 8, None, drop_last=False))
+            if split == "train":
+                images = torch.cat([b[0] if isinstance(b, tuple) else b for b in got])
+                assert torch.equal(images, memory.images)
+                if memory.labels is not None:
+                    assert torch.equal(torch.cat([b[1] for b in got]), memory.labels)
+                continue
+            want = list(DataLoader(memory, batch_size=8, collate_fn=identity_collate))
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                assert g.keys() == w.keys()
+                assert all(torch.equal(g[k], w[k]) for k in g)
 
 
 def test_worker_processes_read_the_same_batches(files):

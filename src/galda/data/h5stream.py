@@ -208,8 +208,10 @@ class H5StreamDataset(Dataset):
     """Rows ``rows`` of a domain file, normalised on the fly: index i ↦ file row ``rows[i]``.
 
     ``(x − mean) / std`` per channel in float32, the in-memory path's operations, so a batch is
-    bit-identical to the one the in-memory ``ArrayDataset`` of the same rows gives.
-    ``__getitems__`` reads a whole batch: rows sorted for the read, then put back in batch order.
+    bit-identical to the one the in-memory ``ArrayDataset`` of the same rows gives, in the same
+    form: ``x`` or ``(x, y)`` for training, and with ``evaluation=True`` the dict
+    ``{"image", "index"[, "label"]}`` (``index``: the file row) of the evaluation splits.
+    ``__getitems__`` reads a whole batch: rows sorted for the read, put in batch order as read.
     Labels (small) are held in memory; ``labels=False`` leaves them out (target training data).
     """
 
@@ -221,43 +223,52 @@ class H5StreamDataset(Dataset):
         std: Sequence[float],
         labels: bool = True,
         channels_last: bool = False,
+        evaluation: bool = False,
     ) -> None:
         self.reader = H5RowReader(path)
-        self.rows = np.asarray(rows, dtype=np.int64)
+        self.file_rows = np.asarray(rows, dtype=np.int64)
         channels = self.reader.shape[1]
         if len(mean) != channels or len(std) != channels:
             raise GaldaError(f"{path}: mean/std need {channels} values (one per channel)")
         self.mean = torch.tensor(list(mean), dtype=torch.float32)[None, :, None, None]
         self.std = torch.tensor(list(std), dtype=torch.float32)[None, :, None, None]
         self.channels_last = bool(channels_last)
+        self.evaluation = bool(evaluation)
         self.labels: Tensor | None = None
         if labels:
             domain = read_domain(path, load_images=False)
             if domain.labels is None:
                 raise GaldaError(f"{path}: no labels in this file")
-            self.labels = torch.from_numpy(domain.labels[self.rows])
+            self.labels = torch.from_numpy(domain.labels[self.file_rows])
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.file_rows)
 
     def images(self, indices: Sequence[int] | np.ndarray) -> Tensor:
         """Normalised images of dataset indices ``indices``, in that order."""
-        file_rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        file_rows = self.file_rows[np.asarray(indices, dtype=np.int64)]
         order = np.argsort(file_rows, kind="stable")
         x = torch.from_numpy(self.reader.read(file_rows[order], positions=order))
         x.sub_(self.mean).div_(self.std)  # in place; the same two roundings as (x − m) / s
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def __getitems__(self, indices: Sequence[int]) -> Tensor | tuple[Tensor, Tensor]:
-        x = self.images(indices)
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        idx = np.asarray(indices, dtype=np.int64)
+        x = self.images(idx)
+        if self.evaluation:
+            item = {"image": x, "index": torch.from_numpy(self.file_rows[idx])}
+            if self.labels is not None:
+                item["label"] = self.labels[torch.from_numpy(idx)]
+            return item
         if self.labels is None:
             return x
-        return x, self.labels[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
+        return x, self.labels[torch.from_numpy(idx)]
 
-    def __getitem__(self, index: int) -> Tensor | tuple[Tensor, Tensor]:
-        if self.labels is None:
-            return self.images([index])[0]
-        return self.images([index])[0], self.labels[index]
+    def __getitem__(self, index: int) -> Any:
+        batch = self.__getitems__([index])
+        if isinstance(batch, dict):
+            return {k: v[0] for k, v in batch.items()}
+        return tuple(v[0] for v in batch) if isinstance(batch, tuple) else batch[0]
 
 
 def stream_loader(
