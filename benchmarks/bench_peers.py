@@ -14,9 +14,11 @@ decay) and per-batch one-cycle schedule from ``conf/optim``. Rows:
 
 Seconds per epoch: galda from the start of a training epoch to its end, its validation pass over
 both domains included; skada from skorch's per-epoch ``dur`` (no validation: ``train_split=None``).
-The first epoch (warm-up) is left out when there are two or more. The two libraries alternate
-method by method, in alternating order, so machine load hits both. Skipped with a note when
-skada (or skorch) is not installed (``pip install -e '.[bench]'``).
+One skada epoch (``partial_fit``) runs right after every galda epoch, inside galda's epoch-end
+hook, so each pair of epochs shares the machine's load; ratios are medians over epoch pairs,
+the first (warm-up) pair left out when there are two or more. galda runs twice per method (as
+configured, and channels-last), each with its own skada fit. Skipped with a note when skada (or
+skorch) is not installed (``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,6 @@ import torch
 from bench_common import (
     CONF,
     REPO,
-    apply_torch_flags,
     build_datamodule,
     compose_config,
     feed,
@@ -79,11 +81,12 @@ def peer_data(args: argparse.Namespace) -> tuple[tuple[Path, Path], str]:
     return paths, f"synthetic, {n} images per domain (3x75x75)"
 
 
-def _epoch_timer():
+def _epoch_timer(after_epoch: Callable[[], None] | None = None):
     import pytorch_lightning as pl
 
     class EpochTimer(pl.Callback):
-        """Wall time of every training epoch (its validation included) and of its validation."""
+        """Wall time of every training epoch (its validation included) and of its validation;
+        ``after_epoch`` runs at each epoch's end, outside the timed interval."""
 
         def __init__(self) -> None:
             self.epochs: list[float] = []
@@ -100,6 +103,8 @@ def _epoch_timer():
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             self.epochs.append(time.perf_counter() - self._start)
+            if after_epoch is not None:
+                after_epoch()
 
     return EpochTimer()
 
@@ -109,7 +114,7 @@ def _steady(times: list[float]) -> float:
     return statistics.median(times[1:] if len(times) > 1 else times)
 
 
-def run_galda(cfg, datamodule) -> dict[str, Any]:
+def run_galda(cfg, datamodule, after_epoch: Callable[[], None] | None = None) -> dict[str, Any]:
     """One galda fit of cfg.trainer.max_epochs epochs: per-epoch and total wall times."""
     import pytorch_lightning as pl
 
@@ -118,13 +123,11 @@ def run_galda(cfg, datamodule) -> dict[str, Any]:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = build_module(cfg)
     feed(datamodule, module)
-    timer = _epoch_timer()
+    timer = _epoch_timer(after_epoch)
     trainer = build_trainer(cfg, [timer], max_steps=-1)
-    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     train_only = [e - v for e, v in zip(timer.epochs, timer.validation)]
     return {
-        "fit_s": time.perf_counter() - start,
         "epoch_s": timer.epochs,
         "validation_s": timer.validation,
         "seconds_per_epoch": _steady(timer.epochs),
@@ -201,7 +204,7 @@ def skada_net(method: str, cfg, steps_per_epoch: int, epochs: int, device: str =
     m = cfg.method.module
     disc_mult = float(m.discriminator_lr_mult) if method == "dann" else None
     common = {
-        "max_epochs": epochs,
+        "max_epochs": 1,  # one epoch per partial_fit; the schedule spans ``epochs``
         "batch_size": int(cfg.data.batch_size),
         "train_split": None,
         "device": device,
@@ -229,55 +232,52 @@ def skada_inputs(datamodule) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return {"X": x, "sample_domain": domain}, y
 
 
-def run_skada(method: str, cfg, datamodule, steps: int, epochs: int, device: str) -> dict:
-    """One skada fit on ``device``: per-epoch ``dur`` and the total wall time of ``fit``.
-
-    Under the global torch flags galda's trainer config sets (``deterministic``, cuDNN
-    benchmark), so that both libraries run the same kernels."""
-    apply_torch_flags(cfg)
-    net = skada_net(method, cfg, steps, epochs, device)
-    x, y = skada_inputs(datamodule)
-    start = time.perf_counter()
-    net.fit(x, y)
-    durations = [float(d) for d in net.history[:, "dur"]]
-    return {
-        "fit_s": time.perf_counter() - start,
-        "epoch_s": durations,
-        "seconds_per_epoch": _steady(durations),
-    }
-
-
 #: galda configurations run against skada: the default, and channels-last images and model
 #: (``data.channels_last=true``: same arithmetic, another memory layout).
 GALDA_VARIANTS = {"galda": [], "galda_channels_last": ["data.channels_last=true"]}
 
 
-def _runs(args, cfgs, datamodules, method: str, turn: int) -> dict[str, Any]:
-    """The galda variants and skada on one method, their order rotated by ``turn``."""
-    names = [*GALDA_VARIANTS, "skada"]
-    names = names[turn % len(names) :] + names[: turn % len(names)]
-    got: dict[str, Any] = {}
-    for name in names:
-        if name == "skada":
-            dm = datamodules["galda"]
-            steps = len(dm.datasets["source"]["train"]) // dm.batch_size
-            cfg = cfgs["galda"][method]
-            got[name] = run_skada(method, cfg, dm, steps, args.peer_epochs, args.device.type)
-        else:
-            got[name] = run_galda(cfgs[name][method], datamodules[name])
-    row = {"method": method, "skada_method": SKADA_NAMES[method], **got}
-    skada_s = got["skada"]["seconds_per_epoch"]
+def run_pair(args, method: str, cfg, datamodule, skada_data) -> tuple[dict, dict]:
+    """A galda fit with one skada epoch (``partial_fit``) after each galda epoch, inside galda's
+    epoch-end hook: each galda epoch has a skada epoch next to it in time, under the same
+    global torch flags and threads, so machine load hits both alike."""
+    steps = len(datamodule.datasets["source"]["train"]) // datamodule.batch_size
+    net = skada_net(method, cfg, steps, args.peer_epochs, args.device.type)
+    x, y = skada_data
+    durations: list[float] = []
+
+    def skada_epoch() -> None:
+        net.partial_fit(x, y)
+        durations.append(float(net.history[-1, "dur"]))
+
+    galda = run_galda(cfg, datamodule, after_epoch=skada_epoch)
+    return galda, {"epoch_s": durations, "seconds_per_epoch": _steady(durations)}
+
+
+def _pair_ratio(galda: list[float], skada: list[float]) -> float:
+    """Median over epoch pairs (the first left out when there are two or more) of galda/skada."""
+    ratios = [g / s for g, s in zip(galda, skada)]
+    return statistics.median(ratios[1:] if len(ratios) > 1 else ratios)
+
+
+def _row(args, cfgs, datamodules, method: str) -> dict[str, Any]:
+    """Both galda variants, each paired epoch by epoch with a skada fit of the same method."""
+    skada_data = skada_inputs(datamodules["galda"])
+    row: dict[str, Any] = {"method": method, "skada_method": SKADA_NAMES[method]}
     for name in GALDA_VARIANTS:
-        row[f"{name}_over_skada"] = got[name]["seconds_per_epoch"] / skada_s
-        if got[name]["train_seconds_per_epoch"]:
-            row[f"{name}_train_only_over_skada"] = got[name]["train_seconds_per_epoch"] / skada_s
+        galda, skada = run_pair(args, method, cfgs[name][method], datamodules[name], skada_data)
+        row[name] = galda
+        row["skada" if name == "galda" else f"skada_with_{name}"] = skada
+        row[f"{name}_over_skada"] = _pair_ratio(galda["epoch_s"], skada["epoch_s"])
+        train = [e - v for e, v in zip(galda["epoch_s"], galda["validation_s"])]
+        if len(train) == len(galda["epoch_s"]):
+            row[f"{name}_train_only_over_skada"] = _pair_ratio(train, skada["epoch_s"])
     args.console.print(
-        f"  {method:8s} skada ({SKADA_NAMES[method]}) {skada_s:7.2f} s/epoch; galda "
-        + ", ".join(
-            f"{n.removeprefix('galda').strip('_') or 'default'} "
-            f"{got[n]['seconds_per_epoch']:.2f} s/epoch ({row[f'{n}_over_skada']:.3f}x)"
-            for n in GALDA_VARIANTS
-        )
+        f"  {method:8s} skada ({SKADA_NAMES[method]}) {row['skada']['seconds_per_epoch']:6.2f} "
+        f"s/epoch; galda {row['galda']['seconds_per_epoch']:6.2f} s/epoch "
+        f"({row['galda_over_skada']:.3f}x); galda channels-last "
+        f"{row['galda_channels_last']['seconds_per_epoch']:6.2f} s/epoch "
+        f"({row['galda_channels_last_over_skada']:.3f}x)"
     )
     return row
 
@@ -335,7 +335,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{torch.get_num_threads()} torch thread(s)"
     )
     try:
-        rows = [_runs(args, cfgs, datamodules, m, i) for i, m in enumerate(args.peer_methods)]
+        rows = [_row(args, cfgs, datamodules, m) for m in args.peer_methods]
     finally:
         torch.set_num_threads(threads)
     per_image = _per_image_costs(rows, batch)
@@ -347,7 +347,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.peer_threads or threads,
         "batch_per_domain": batch,
         "timing": "seconds per epoch: median over epochs after the first; galda incl. its "
-        "validation pass, skada skorch 'dur' (train_split=None)",
+        "validation pass, skada skorch 'dur' (train_split=None); one skada epoch runs after "
+        "every galda epoch (paired); ratios: median over epoch pairs after the first",
         "rows": rows,
         "galda_seconds_per_image": per_image,
     }
