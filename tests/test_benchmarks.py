@@ -25,7 +25,8 @@ def _positive(x) -> bool:
 @pytest.mark.timeout(300)
 def test_quick_benchmark_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    threads = os.environ.get("OMP_NUM_THREADS", "2")
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": threads}
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--models", "deepmerge",
          "--methods", "baseline,dann", "--device", "cpu", "--out", str(out),
