@@ -19,7 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402  (sets OMP_WAIT_POLICY before torch is imported)
 
+import bench_common as common  # noqa: E402
 import torch  # noqa: E402
+from bench_reference import ReferenceLoop  # noqa: E402
 
 
 def main() -> int:
@@ -31,20 +33,20 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--omp-wait-policy", default="passive")  # read by run.py at import
     args = p.parse_args()
-    bench._quiet()
-    from hydra.utils import instantiate
+    common.quiet()
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory(prefix="galda-bench-cl-") as tmp_s:
         tmp = Path(tmp_s)
-        paths = bench.make_synthetic_data(tmp / "data", 2048)
+        paths = common.make_synthetic_data(tmp / "data", 2048)
         dms = {}
         for cl in (False, True):
-            ns = bench.parse_args(["--batch-size", str(args.batch_size)]
-                                  + (["--channels-last"] if cl else []))
-            cfg = bench.compose_config("deepmerge", "baseline", ns, device, paths, tmp / "run")
-            bench.apply_torch_flags(cfg)
-            dm = instantiate(cfg.data, _convert_="all")
+            ns = bench.parse_args(
+                ["--batch-size", str(args.batch_size)] + (["--channels-last"] if cl else [])
+            )
+            cfg = common.compose_config("deepmerge", "baseline", ns, device, paths, tmp / "run")
+            common.apply_torch_flags(cfg)
+            dm = common.build_datamodule(cfg)
             dm.setup("fit")
             dms[cl] = (ns, dm)
         print(f"{'model':10s} {'method':9s} {'NCHW ms':>9s} {'NHWC ms':>9s} {'NHWC speed-up':>14s}")
@@ -53,15 +55,15 @@ def main() -> int:
             for method in args.methods.split(","):
                 loops = {}
                 for cl, (ns, dm) in dms.items():
-                    cfg = bench.compose_config(model, method, ns, device, paths, tmp / "run")
-                    loops[cl] = bench.ReferenceLoop(cfg, dm, steps + 2, device)
+                    cfg = common.compose_config(model, method, ns, device, paths, tmp / "run")
+                    loops[cl] = ReferenceLoop(cfg, dm, steps + 2, device)
                 times = {False: [], True: []}
                 for i in range(steps + 2):
-                    for cl in ((False, True) if i % 2 == 0 else (True, False)):
-                        bench.sync(device)
+                    for cl in (False, True) if i % 2 == 0 else (True, False):
+                        common.sync(device)
                         t0 = time.perf_counter()
                         loops[cl].step()
-                        bench.sync(device)
+                        common.sync(device)
                         if i >= 2:  # two warm-up steps
                             times[cl].append(time.perf_counter() - t0)
                 a, b = statistics.median(times[False]), statistics.median(times[True])

@@ -8,12 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+import galda.losses as losses_module
 from galda.losses import (
     PAPER_VARIANCES,
     FisherLoss,
     MMDLoss,
     domain_adversarial_loss,
     entropy_loss,
+    expansion_error_bound,
     ganin_coefficient,
     grad_reverse,
     median_variances,
@@ -86,6 +88,220 @@ def test_biased_minus_unbiased_is_diagonal_correction():
     xl, yl = x.tolist(), y.tolist()
     ref = reference_mmd(xl, yl, s, False) - reference_mmd(xl, yl, s, True)
     torch.testing.assert_close(diff, torch.tensor(ref, dtype=torch.float32), rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- MMD distance routes
+
+
+def plain_mmd64(x: torch.Tensor, y: torch.Tensor, variances, unbiased: bool) -> torch.Tensor:
+    """Float64 MMD² from explicit differences (x_i − y_j)², differentiable (gradient reference)."""
+
+    def k(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        d2 = (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
+        return sum(torch.exp(-d2 / (2.0 * s)) for s in variances)
+
+    def within(z: torch.Tensor) -> torch.Tensor:
+        kz, n = k(z, z), len(z)
+        if unbiased:
+            return (kz.sum() - kz.diagonal().sum()) / (n * (n - 1))
+        return kz.mean()
+
+    return within(x) + within(y) - 2.0 * k(x, y).mean()
+
+
+def _value_and_grads(fn, x: torch.Tensor, y: torch.Tensor):
+    x, y = x.detach().clone().requires_grad_(True), y.detach().clone().requires_grad_(True)
+    value = fn(x, y)
+    value.backward()
+    return value.detach(), x.grad, y.grad
+
+
+def _spy_routes(monkeypatch) -> dict[str, list[int]]:
+    """Records the exact-distance routes taken: whole matrices ("direct": batch size) and
+    single pairs ("pairs": number of pairs)."""
+    seen: dict[str, list[int]] = {"direct": [], "pairs": []}
+    direct, pairs = losses_module._direct_squared_distances, losses_module._with_exact_pairs
+
+    def spy_direct(pooled, n_s):
+        seen["direct"].append(len(pooled))
+        return direct(pooled, n_s)
+
+    def spy_pairs(sq_dist, pooled, flagged):
+        seen["pairs"].append(len(flagged))
+        return pairs(sq_dist, pooled, flagged)
+
+    monkeypatch.setattr(losses_module, "_direct_squared_distances", spy_direct)
+    monkeypatch.setattr(losses_module, "_with_exact_pairs", spy_pairs)
+    return seen
+
+
+FAST_ONLY = {"direct": [], "pairs": []}
+
+
+def _features_like_deepmerge(seed: int, n: int, d: int = 2592) -> torch.Tensor:
+    """Non-negative features with ‖z‖² of a few thousand, like DeepMerge's flattened maps."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.relu(torch.randn(n, d, generator=g) + 0.3) * 1.2
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize("variances", [(0.5, 2.0, 8.0), (0.05, 1.0, 30.0)])
+def test_fast_path_value_and_gradients_match_float64(monkeypatch, unbiased, variances):
+    calls = _spy_routes(monkeypatch)
+    x, y = _samples(5, 13, 9, 6, shift=0.4)
+    got = _value_and_grads(lambda a, b: multi_kernel_mmd(a, b, variances, unbiased), x, y)
+    want = _value_and_grads(
+        lambda a, b: plain_mmd64(a, b, variances, unbiased), x.double(), y.double()
+    )
+    assert calls == FAST_ONLY  # the rule kept the matrix-multiply distances
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w.float(), rtol=2e-4, atol=2e-6)
+
+
+def test_fast_path_median_loss_on_deepmerge_sized_features(monkeypatch):
+    calls = _spy_routes(monkeypatch)
+    x = _features_like_deepmerge(6, 32, d=512)
+    y = _features_like_deepmerge(7, 24, d=512) * 1.1
+    loss = MMDLoss(bandwidths="median", unbiased=True)
+    got = _value_and_grads(loss, x, y)
+    s = median_variances(x.double(), y.double())
+    want = _value_and_grads(
+        lambda a, b: plain_mmd64(a, b, s.tolist(), True), x.double(), y.double()
+    )
+    assert calls == FAST_ONLY
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w.float(), rtol=1e-3, atol=1e-7)
+    assert got[0].abs() > 1e-3
+
+
+def test_paper_set_uses_direct_distances_when_a_tiny_kernel_is_alive(monkeypatch):
+    """A near-duplicate pair puts the 1e-6 kernel to work: the expansion's error (≫ 1e-6 for
+    ‖z‖² in the thousands) would change that kernel completely, so the rule recomputes that
+    pair from direct differences, and the result matches the float64 reference, gradients
+    included."""
+    calls = _spy_routes(monkeypatch)
+    x = _features_like_deepmerge(8, 10, d=256) * 4
+    y = _features_like_deepmerge(9, 12, d=256) * 4
+    x[3] = x[1] + 3e-4 * torch.randn(256, generator=torch.Generator().manual_seed(1)) / 16
+    pooled = torch.cat([x, y])
+    assert expansion_error_bound(pooled - pooled.mean(0)).max() > 1e-4
+    got = _value_and_grads(lambda a, b: multi_kernel_mmd(a, b, PAPER_VARIANCES), x, y)
+    want = _value_and_grads(
+        lambda a, b: plain_mmd64(a, b, PAPER_VARIANCES, True), x.double(), y.double()
+    )
+    assert calls == {"direct": [], "pairs": [1]}  # the pair (1, 3) only
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w.float(), rtol=1e-3, atol=1e-5)
+    matmul = multi_kernel_mmd(x, y, PAPER_VARIANCES, distances="matmul")
+    assert (matmul - want[0]).abs() > 100 * (got[0] - want[0]).abs()
+
+
+def test_many_near_duplicates_fall_back_to_direct_matrix(monkeypatch):
+    calls = _spy_routes(monkeypatch)
+    g = torch.Generator().manual_seed(2)
+    centre = _features_like_deepmerge(3, 1, d=128) * 4  # two tight clusters far apart
+    x = centre + 1e-4 * torch.randn(6, 128, generator=g)
+    y = centre + 50.0 + 1e-4 * torch.randn(5, 128, generator=g)
+    got = _value_and_grads(lambda a, b: multi_kernel_mmd(a, b, PAPER_VARIANCES), x, y)
+    want = _value_and_grads(
+        lambda a, b: plain_mmd64(a, b, PAPER_VARIANCES, True), x.double(), y.double()
+    )
+    assert calls == {"direct": [11], "pairs": []}
+    for g_, w in zip(got, want):
+        torch.testing.assert_close(g_, w.float(), rtol=1e-3, atol=1e-4)
+
+
+def test_bright_outlier_pairs_are_fixed_alone(monkeypatch):
+    """Two bright points with similar features (large norms, moderate distance): only their
+    pair needs exact differences under the median set."""
+    calls = _spy_routes(monkeypatch)
+    x, y = _samples(15, 24, 24, 64, shift=0.2, scale=3.0)
+    bright = 400.0 * torch.ones(64)
+    x[0], y[0] = bright + x[0], bright + x[0] + 0.5 * y[0]
+    loss = MMDLoss(bandwidths="median")
+    got = _value_and_grads(loss, x, y)
+    s = median_variances(x.double(), y.double())
+    want = _value_and_grads(
+        lambda a, b: plain_mmd64(a, b, s.tolist(), True), x.double(), y.double()
+    )
+    assert calls["direct"] == [] and calls["pairs"] and max(calls["pairs"]) <= 3
+    for g_, w in zip(got, want):
+        torch.testing.assert_close(g_, w.float(), rtol=1e-3, atol=1e-6)
+
+
+def test_paper_set_keeps_fast_distances_when_tiny_kernels_vanish(monkeypatch):
+    """Without close pairs every tiny-variance term is exactly 0 both ways: no direct pass."""
+    calls = _spy_routes(monkeypatch)
+    x, y = _features_like_deepmerge(10, 16, d=256), _features_like_deepmerge(11, 16, d=256)
+    got = _value_and_grads(lambda a, b: multi_kernel_mmd(a, b, PAPER_VARIANCES, False), x, y)
+    want = _value_and_grads(
+        lambda a, b: plain_mmd64(a, b, PAPER_VARIANCES, False), x.double(), y.double()
+    )
+    assert calls == FAST_ONLY
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w.float(), rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["centred", "relu", "clustered", "outliers", "scales"])
+@pytest.mark.parametrize("d", [4, 300, 2592])
+def test_expansion_error_stays_below_bound(kind, d):
+    g = torch.Generator().manual_seed(d)
+    z = torch.randn(96, d, generator=g)
+    if kind == "outliers":
+        z[:4] *= 50
+    z = {
+        "relu": torch.relu(z) * 3,
+        "clustered": 5 + 0.01 * z,
+        "scales": z * torch.logspace(-2, 2, 96)[:, None],
+    }.get(kind, z)
+    fast = losses_module._GramSquaredDistances.apply(z).double()
+    exact = (z.double()[:, None] - z.double()[None]).pow(2).sum(-1)
+    assert ((fast - exact).abs() <= expansion_error_bound(z)).all()
+    assert torch.equal(fast.diagonal(), torch.zeros(96, dtype=torch.float64))
+    assert (fast >= 0).all()
+
+
+def test_centring_keeps_far_from_origin_features_on_the_fast_path(monkeypatch):
+    """Features sharing a large common part (‖z‖² ≫ distances², as after ReLU) stay accurate."""
+    calls = _spy_routes(monkeypatch)
+    x, y = _samples(14, 20, 20, 64, shift=0.3)
+    x, y = x + 300.0, y + 300.0
+    got = _value_and_grads(lambda a, b: multi_kernel_mmd(a, b, (8.0, 32.0, 128.0)), x, y)
+    want = _value_and_grads(
+        lambda a, b: plain_mmd64(a, b, (8.0, 32.0, 128.0), True), x.double(), y.double()
+    )
+    assert calls == FAST_ONLY
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w.float(), rtol=1e-3, atol=1e-6)
+
+
+def test_coincident_points_and_half_precision_under_autocast():
+    x, y = _samples(12, 8, 8, 5, shift=0.3)
+    x[2] = x[5]
+    got = _value_and_grads(lambda a, b: multi_kernel_mmd(a, b, (0.5, 3.0), False), x, y)
+    want = _value_and_grads(
+        lambda a, b: plain_mmd64(a, b, (0.5, 3.0), False), x.double(), y.double()
+    )
+    for g, w in zip(got, want):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w.float(), rtol=2e-4, atol=2e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = MMDLoss(bandwidths="paper")(x.bfloat16(), y.bfloat16())
+    assert half.dtype == torch.float32
+    ref = plain_mmd64(x.bfloat16().double(), y.bfloat16().double(), PAPER_VARIANCES, True)
+    torch.testing.assert_close(half, ref.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_distance_modes_agree_and_bad_mode_rejected():
+    x, y = _samples(13, 10, 7, 4, shift=0.2)
+    values = [MMDLoss("median", distances=m)(x, y) for m in ("auto", "matmul", "direct")]
+    for v in values[1:]:
+        torch.testing.assert_close(v, values[0], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="auto"):
+        MMDLoss(distances="fast")
+    with pytest.raises(ValueError, match="auto"):
+        multi_kernel_mmd(x, y, (1.0,), distances="fast")
 
 
 # --------------------------------------------------------------------------- MMD behaviour
