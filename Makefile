@@ -41,7 +41,7 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
-test: $(STAMP) ## Run the test suite (CPU only, offline)
+test: $(STAMP) lint ## Lint and types, then the test suite (CPU only, offline)
 	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
 
 test-fast: $(STAMP) ## The suite without tests marked slow
@@ -63,7 +63,8 @@ figures: $(STAMP) ## Figure 1 (and tables) for the quick and full Table 1 runs t
 	  if [ -d outputs/multirun/$$d ]; then $(PY) -m galda.report outputs/multirun/$$d --out experiments/$$d --paper; fi; \
 	done
 
-bench: $(STAMP) ## Throughput benchmarks: package vs plain PyTorch loop, data loader, simulator
+bench: $(STAMP) ## Throughput benchmarks: package vs plain loop, skada peer row, loaders, simulator
+	$(PY) -m pip install --quiet -e '.[bench]' || echo "skada not installable: the peer row is skipped"
 	$(PY) benchmarks/run.py $(ARGS)
 
 clean: ## Remove outputs (keeps data/ and .venv)

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as bench  # noqa: E402  (sets OMP_WAIT_POLICY before torch is imported)
-
 import bench_common as common  # noqa: E402
+import run as bench  # noqa: E402  (sets OMP_WAIT_POLICY before torch is imported)
 import torch  # noqa: E402
 from bench_reference import ReferenceLoop  # noqa: E402
 

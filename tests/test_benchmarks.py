@@ -28,10 +28,28 @@ def test_quick_benchmark_writes_json(tmp_path):
     threads = os.environ.get("OMP_NUM_THREADS", "2")
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": threads}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--models", "deepmerge",
-         "--methods", "baseline,dann", "--device", "cpu", "--out", str(out),
-         "--skip", "peers", "--ooc-images", "600"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=280,
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--models",
+            "deepmerge",
+            "--methods",
+            "baseline,dann",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--skip",
+            "peers",
+            "--ooc-images",
+            "600",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -10,8 +10,16 @@ from galda.train import train
 
 def test_report_writes_ece_before_and_after_temperature(compose_cfg, sim_data_dir, tmp_path):
     run = tmp_path / "runs" / "r1"
-    train(compose_cfg("data=tiny", "model=tiny", "logger=none", f"paths.data_dir={sim_data_dir}",
-                      "trainer.max_epochs=2", run_dir=run))
+    train(
+        compose_cfg(
+            "data=tiny",
+            "model=tiny",
+            "logger=none",
+            f"paths.data_dir={sim_data_dir}",
+            "trainer.max_epochs=2",
+            run_dir=run,
+        )
+    )
     results = read_results(run)
     assert results["temperature"] > 0  # fitted on source validation after training
     out = build_report([tmp_path / "runs"], tmp_path / "report")

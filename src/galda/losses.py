@@ -510,6 +510,9 @@ class RandomizedMultilinearMap(nn.Module):
     Memory: (D + C)·d numbers (DeepMerge, D = 2,592, C = 2, d = 1,024: 2.66 M, 10.6 MB float32).
     """
 
+    r_features: Tensor
+    r_classes: Tensor
+
     def __init__(self, feature_dim: int, n_classes: int, output_dim: int = 1024) -> None:
         super().__init__()
         if min(feature_dim, n_classes, output_dim) < 1:

@@ -68,7 +68,9 @@ class EpochSeededBatchSampler(BatchSampler):
         super().__init__(EpochSeededSampler(n, seed), batch_size, drop_last)
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+        sampler = self.sampler
+        assert isinstance(sampler, EpochSeededSampler)
+        sampler.set_epoch(epoch)
 
 
 def _raw_row_offsets(ds: h5py.Dataset) -> np.ndarray | None:
@@ -171,6 +173,7 @@ class H5RowReader:
         """One pread per run of rows stored back to back and wanted side by side; the runs
         spread over ``threads`` threads (preads release the GIL: more disk requests in flight
         when cold, two cores copying when cached)."""
+        assert self.offsets is not None  # the raw layout: byte offsets are known
         offsets = self.offsets[rows]
         flat = out.reshape(len(rows), -1).view(np.uint8)
         joined = (np.diff(offsets) == self.row_bytes) & (np.diff(where) == 1)
@@ -180,7 +183,7 @@ class H5RowReader:
         def read_runs(part: list[tuple[int, int]]) -> None:
             for start, stop in part:
                 first = where[start]
-                view = memoryview(flat[first : first + stop - start]).cast("B")
+                view = memoryview(flat[first : first + stop - start]).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers
                 if os.preadv(self._fd, [view], int(offsets[start])) != view.nbytes:
                     raise DataFormatError(f"{self.path}: short read (file truncated?)")
 
