@@ -8,7 +8,7 @@ ARGS ?=
 SEEDS ?= 1,2,3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data gallery run lint format test test-fast test-slow table1 table1-quick report figures bench clean
+.PHONY: help venv data gallery run lint format test test-all test-slow table1 table1-quick report figures bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_-]+:.*?## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,11 +41,11 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
-test: $(STAMP) lint ## Lint and types, then the test suite (CPU only, offline)
-	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
-
-test-fast: $(STAMP) ## The suite without tests marked slow
+test: $(STAMP) lint ## Lint and types, then the test suite without the tests marked slow (CPU, offline)
 	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-all: $(STAMP) lint ## Lint and types, then every test, slow ones included
+	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
 
 table1-quick: $(STAMP) ## Table 1 on 2 CPU cores: DeepMerge x 3 methods x 3 seeds, small set (~40 min)
 	$(PY) -m galda.run experiment=table1_quick hydra/launcher=gpus $(ARGS)
