@@ -327,6 +327,7 @@ has_opt() { grep -q -- "\"$1\"" benchmarks/run.py; }
 if [ "$DRY" = 1 ]; then has_opt --quick && BENCH+=(--quick); BENCH+=(--models deepmerge); fi
 has_opt --on-device && [ "$DRY" != 1 ] && BENCH+=(--on-device)
 has_opt --no-sim && BENCH+=(--no-sim)
+has_opt --skip && BENCH+=(--skip peers,out_of_core)   # CPU peer row and disk loader: minutes, not GPU work
 has_opt --repeats && [ "$DRY" != 1 ] && BENCH+=(--repeats "$BENCH_REPEATS")
 TAIL=40 phase bench "$T_BENCH" "$PY" "${BENCH[@]}"
 cp -f "$WORK/bench/bench_gpu.json" "$OUT/" 2>/dev/null
