@@ -40,6 +40,17 @@ def _set_running_stats(m: nn.modules.batchnorm._BatchNorm, mean: Tensor, var: Te
     running_var.copy_(var)
 
 
+def set_batchnorm_statistics(net: nn.Module, stats: list) -> None:
+    """Copy ``[(running_mean, running_var), ...]`` into ``net``'s batch-norm layers, in order."""
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if len(layers) != len(stats):
+        raise ValueError(f"{len(stats)} sets of statistics for {len(layers)} batch-norm layers")
+    for layer, (mean, var) in zip(layers, stats):
+        assert layer.running_mean is not None and layer.running_var is not None
+        layer.running_mean.copy_(torch.as_tensor(mean))
+        layer.running_var.copy_(torch.as_tensor(var))
+
+
 class BNMixClassifier(MergerClassifier):
     """Cross-entropy on source; source and target forwarded together; no transfer loss."""
 
