@@ -307,7 +307,13 @@ def test_callback_logs_every_validator_and_drives_checkpointing(tmp_path):
     assert restored.history == {k: v for k, v in callback.history.items() if k <= saved["epoch"]}
 
 
-def test_callback_ignores_modules_without_outputs(caplog):
+def test_callback_ignores_modules_without_outputs(caplog, monkeypatch):
+    # an in-process Hydra app earlier in the session may have reconfigured logging: make sure the
+    # module's logger reaches caplog whatever ran before
+    monkeypatch.setattr(V.log, "disabled", False)
+    monkeypatch.setattr(V.log, "propagate", True)
+    caplog.set_level("WARNING", logger=V.log.name)
+
     class NoOutputs(FakeModule):
         def validation_step(self, batch, batch_idx, dataloader_idx=0):
             super().validation_step(batch, batch_idx, dataloader_idx)
