@@ -95,6 +95,7 @@ class EpochProgress(pl.Callback):
         )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        # training epochs only: not the sanity check, nor train()'s re-validation of the best epoch
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
         log.info("%s", self.line(trainer))
