@@ -107,8 +107,9 @@ def suggest(rows: list[dict[str, Any]]) -> int | None:
     return min(r["n"] for r in valid if r["aggregate_images_per_s"] >= SATURATION * best)
 
 
-def measure(opts: dict[str, Any], counts: list[int], seconds: float,
-            ready_timeout: float = 120.0) -> dict[str, Any]:
+def measure(
+    opts: dict[str, Any], counts: list[int], seconds: float, ready_timeout: float = 120.0
+) -> dict[str, Any]:
     """Start max(counts) workers, then time each count N with the first N workers at once."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -154,29 +155,47 @@ def measure(opts: dict[str, Any], counts: list[int], seconds: float,
                 errors.append(msg[2])
                 break
         rates = [steps * per_step / elapsed for _, _, steps, elapsed in done]
-        rows.append({"n": n, "threads_each": threads, "processes_finished": len(done),
-                     "aggregate_images_per_s": round(sum(rates), 1) if len(done) == n else None,
-                     "per_process_images_per_s": [round(r, 1) for r in rates],
-                     "steps": [d[2] for d in done]})
+        rows.append(
+            {
+                "n": n,
+                "threads_each": threads,
+                "processes_finished": len(done),
+                "aggregate_images_per_s": round(sum(rates), 1) if len(done) == n else None,
+                "per_process_images_per_s": [round(r, 1) for r in rates],
+                "steps": [d[2] for d in done],
+            }
+        )
     for q in commands:
         q.put(None)
     for p in workers:
         p.join(timeout=10)
         if p.is_alive():
             p.terminate()
-    base = next((r["aggregate_images_per_s"] for r in rows
-                 if r["n"] == 1 and r.get("aggregate_images_per_s")), None)
+    base = next(
+        (
+            r["aggregate_images_per_s"]
+            for r in rows
+            if r["n"] == 1 and r.get("aggregate_images_per_s")
+        ),
+        None,
+    )
     for r in rows:
         if base and r.get("aggregate_images_per_s"):
             r["speedup_vs_1"] = round(r["aggregate_images_per_s"] / base, 2)
-    return {"rows": rows, "suggested_jobs_per_gpu": suggest(rows),
-            "cuda_peak_mib_per_process": max((m for m in memory.values() if m), default=None),
-            "errors": errors}
+    return {
+        "rows": rows,
+        "suggested_jobs_per_gpu": suggest(rows),
+        "cuda_peak_mib_per_process": max((m for m in memory.values() if m), default=None),
+        "errors": errors,
+    }
 
 
 def _machine(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"cores": _cores(), "cpu": platform.processor() or platform.machine(),
-                            "python": platform.python_version()}
+    info: dict[str, Any] = {
+        "cores": _cores(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
     import torch
 
     info["torch"] = torch.__version__
@@ -200,26 +219,38 @@ def main(argv: list[str] | None = None) -> int:
     try:
         counts = sorted({int(c) for c in args.counts.split(",") if c.strip()})
     except ValueError:
-        print(f"packing.py: error: --counts {args.counts!r}: give whole numbers, e.g. 1,2,4",
-              file=sys.stderr)
+        print(
+            f"packing.py: error: --counts {args.counts!r}: give whole numbers, e.g. 1,2,4",
+            file=sys.stderr,
+        )
         return 2
     if not counts or counts[0] < 1:
         print("packing.py: error: --counts needs whole numbers >= 1", file=sys.stderr)
         return 2
-    opts = {"device": args.device, "model": args.model, "batch": args.batch,
-            "images": args.images, "warmup": args.warmup}
+    opts = {
+        "device": args.device,
+        "model": args.model,
+        "batch": args.batch,
+        "images": args.images,
+        "warmup": args.warmup,
+    }
     started = time.time()
-    report = {"benchmark": "packing", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-              "machine": _machine(args.device), "settings": {**opts, "counts": counts,
-                                                           "seconds": args.seconds},
-              **measure(opts, counts, args.seconds)}
+    report = {
+        "benchmark": "packing",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "machine": _machine(args.device),
+        "settings": {**opts, "counts": counts, "seconds": args.seconds},
+        **measure(opts, counts, args.seconds),
+    }
     report["wall_time_s"] = round(time.time() - started, 1)
     for r in report["rows"]:
         agg = r.get("aggregate_images_per_s")
-        print(f"N={r['n']:>3}  threads={r.get('threads_each', '-'):>2}  "
-              f"aggregate={agg if agg is not None else r.get('skipped', 'failed')} img/s  "
-              f"speedup={r.get('speedup_vs_1', '-')}")
+        print(
+            f"N={r['n']:>3}  threads={r.get('threads_each', '-'):>2}  "
+            f"aggregate={agg if agg is not None else r.get('skipped', 'failed')} img/s  "
+            f"speedup={r.get('speedup_vs_1', '-')}"
+        )
     print(f"suggested jobs_per_gpu: {report['suggested_jobs_per_gpu']}")
     for err in report["errors"]:
         print(f"worker error: {err}", file=sys.stderr)

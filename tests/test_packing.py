@@ -35,17 +35,26 @@ def _launcher_n_jobs(*overrides: str) -> int:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("train", overrides=["hydra/launcher=gpus", *overrides],
-                          return_hydra_config=True)
+            cfg = compose(
+                "train", overrides=["hydra/launcher=gpus", *overrides], return_hydra_config=True
+            )
         return OmegaConf.to_container(cfg.hydra.launcher, resolve=True)["n_jobs"]
     finally:
         GlobalHydra.instance().clear()
 
 
-@pytest.mark.parametrize("n_gpus,per_gpu,cpus,expected", [
-    (1, 4, 16, 4), (1, 8, 16, 8), (2, 3, 16, 6), (4, 1, 8, 4),
-    (0, 8, 16, 4), (0, 8, 2, 2), (0, 8, 1, 1),  # CPU only: one per core, at most 4
-])
+@pytest.mark.parametrize(
+    "n_gpus,per_gpu,cpus,expected",
+    [
+        (1, 4, 16, 4),
+        (1, 8, 16, 8),
+        (2, 3, 16, 6),
+        (4, 1, 8, 4),
+        (0, 8, 16, 4),
+        (0, 8, 2, 2),
+        (0, 8, 1, 1),  # CPU only: one per core, at most 4
+    ],
+)
 def test_concurrent_jobs(n_gpus, per_gpu, cpus, expected):
     assert devices.concurrent_jobs(n_gpus, per_gpu, cpus) == expected
 
@@ -59,7 +68,7 @@ def test_plan_packs_jobs_per_gpu_round_robin_with_thread_shares(n_gpus, per_gpu,
     assert {p.threads for p in plans} == {cpus // (n_gpus * per_gpu)}
     # any `concurrent` consecutive job numbers put exactly `per_gpu` jobs on each GPU
     for start in range(len(plans) - concurrent):
-        window = Counter(p.device for p in plans[start:start + concurrent])
+        window = Counter(p.device for p in plans[start : start + concurrent])
         assert window == {gpu: per_gpu for gpu in range(n_gpus)}
     assert plans[0].threads * concurrent <= cpus
 
@@ -69,14 +78,17 @@ def test_more_jobs_than_cores_still_get_one_thread():
     assert devices.plan_job(3, concurrent=4, n_gpus=0, cpu_count=2) == devices.JobPlan(None, 1)
 
 
-@pytest.mark.parametrize("n_gpus,cpus,overrides,expected", [
-    (1, 16, [], devices.DEFAULT_JOBS_PER_GPU),
-    (1, 16, ["jobs_per_gpu=8"], 8),
-    (2, 16, ["jobs_per_gpu=3"], 6),
-    (0, 16, ["jobs_per_gpu=8"], 4),          # CPU-only machines unchanged: one per core, <= 4
-    (0, 2, [], 2),
-    (1, 16, ["jobs_per_gpu=8", "hydra.launcher.n_jobs=3"], 3),  # n_jobs given directly wins
-])
+@pytest.mark.parametrize(
+    "n_gpus,cpus,overrides,expected",
+    [
+        (1, 16, [], devices.DEFAULT_JOBS_PER_GPU),
+        (1, 16, ["jobs_per_gpu=8"], 8),
+        (2, 16, ["jobs_per_gpu=3"], 6),
+        (0, 16, ["jobs_per_gpu=8"], 4),  # CPU-only machines unchanged: one per core, <= 4
+        (0, 2, [], 2),
+        (1, 16, ["jobs_per_gpu=8", "hydra.launcher.n_jobs=3"], 3),  # n_jobs given directly wins
+    ],
+)
 def test_gpus_launcher_n_jobs(machine, n_gpus, cpus, overrides, expected):
     machine(n_gpus, cpus)
     assert _launcher_n_jobs(*overrides) == expected
@@ -122,9 +134,12 @@ def test_cpu_only_jobs_share_the_cores(machine, monkeypatch):
 
 def test_submitit_local_jobs_are_pinned_and_capped_by_cpus_per_task(machine, monkeypatch):
     machine(1, 16)
-    launcher = OmegaConf.create({
-        "_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
-        "cpus_per_task": 3})
+    launcher = OmegaConf.create(
+        {
+            "_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+            "cpus_per_task": 3,
+        }
+    )
     monkeypatch.setattr(devices, "_launcher_cfg", lambda: launcher)
     monkeypatch.setattr(devices, "current_job_num", lambda: 5)
     assert devices.configure_job_resources("auto") == {"accelerator": "gpu", "devices": [0]}
@@ -133,8 +148,9 @@ def test_submitit_local_jobs_are_pinned_and_capped_by_cpus_per_task(machine, mon
 
 def test_no_pinning_outside_parallel_local_launchers(machine, monkeypatch):
     machine(2, 16)
-    slurm = OmegaConf.create({
-        "_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"})
+    slurm = OmegaConf.create(
+        {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}
+    )
     monkeypatch.setattr(devices, "_launcher_cfg", lambda: slurm)
     assert devices.configure_job_resources("auto") == {}
     assert devices.configure_job_resources(False) == {}
@@ -144,7 +160,9 @@ def test_no_pinning_outside_parallel_local_launchers(machine, monkeypatch):
 def _packing_module():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("packing", CONF.parent / "benchmarks" / "packing.py")
+    spec = importlib.util.spec_from_file_location(
+        "packing", CONF.parent / "benchmarks" / "packing.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -152,9 +170,14 @@ def _packing_module():
 
 def test_packing_probe_suggests_the_smallest_count_near_the_best():
     packing = _packing_module()
-    rows = [{"n": 1, "aggregate_images_per_s": 100.0}, {"n": 2, "aggregate_images_per_s": 190.0},
-            {"n": 4, "aggregate_images_per_s": 300.0}, {"n": 8, "aggregate_images_per_s": 320.0},
-            {"n": 12, "aggregate_images_per_s": 310.0}, {"n": 16, "skipped": "no worker"}]
+    rows = [
+        {"n": 1, "aggregate_images_per_s": 100.0},
+        {"n": 2, "aggregate_images_per_s": 190.0},
+        {"n": 4, "aggregate_images_per_s": 300.0},
+        {"n": 8, "aggregate_images_per_s": 320.0},
+        {"n": 12, "aggregate_images_per_s": 310.0},
+        {"n": 16, "skipped": "no worker"},
+    ]
     assert packing.suggest(rows) == 4  # 300 >= 0.9 * 320; 190 is not
     assert packing.suggest([{"n": 1, "aggregate_images_per_s": None}]) is None
 
@@ -166,9 +189,24 @@ def test_packing_probe_runs_on_the_cpu(tmp_path):
     import sys
 
     out = tmp_path / "packing.json"
-    cmd = [sys.executable, str(CONF.parent / "benchmarks" / "packing.py"), "--device", "cpu",
-           "--counts", "1,2", "--seconds", "0.5", "--batch", "4", "--images", "16", "--warmup", "1",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(CONF.parent / "benchmarks" / "packing.py"),
+        "--device",
+        "cpu",
+        "--counts",
+        "1,2",
+        "--seconds",
+        "0.5",
+        "--batch",
+        "4",
+        "--images",
+        "16",
+        "--warmup",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())

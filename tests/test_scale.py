@@ -33,13 +33,18 @@ def test_no_pinning_without_gpus_or_outside_parallel_launchers():
     assert devices.configure_job_resources(False) == {}
 
 
-@pytest.mark.parametrize("launcher,target", [("gpus", "JoblibLauncher"), ("slurm", "SlurmLauncher"),
-                                             ("slurm_local", "LocalLauncher")])
+@pytest.mark.parametrize(
+    "launcher,target",
+    [("gpus", "JoblibLauncher"), ("slurm", "SlurmLauncher"), ("slurm_local", "LocalLauncher")],
+)
 def test_launcher_configs_compose(launcher, target):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[f"hydra/launcher={launcher}", "slurm.account=acct",
-                                           "slurm.partition=gpu"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[f"hydra/launcher={launcher}", "slurm.account=acct", "slurm.partition=gpu"],
+            return_hydra_config=True,
+        )
     GlobalHydra.instance().clear()
     launcher_cfg = cfg.hydra.launcher
     assert target in launcher_cfg._target_
@@ -49,14 +54,29 @@ def test_launcher_configs_compose(launcher, target):
         assert resolved["partition"] == "gpu" and resolved["array_parallelism"] >= 1
     if launcher == "slurm_local":  # mirrors slurm.yaml's resources
         resolved = OmegaConf.to_container(launcher_cfg, resolve=True)
-        assert resolved["gpus_per_node"] == 1 and resolved["cpus_per_task"] == cfg.slurm.cpus_per_task
+        assert (
+            resolved["gpus_per_node"] == 1 and resolved["cpus_per_task"] == cfg.slurm.cpus_per_task
+        )
 
 
 @pytest.mark.slow
 def test_cpu_sweep_runs_two_jobs_at_a_time(sim_data_dir, tmp_path):
-    cmd = [sys.executable, "-m", "galda.run", "-m", "hydra/launcher=gpus", "hydra.launcher.n_jobs=2",
-           "data=tiny", f"paths.data_dir={sim_data_dir}", "model=tiny", "seed=1,2,3,4",
-           "trainer.max_epochs=3", "logger=none", "callbacks.progress_bar=null", f"paths.log_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "galda.run",
+        "-m",
+        "hydra/launcher=gpus",
+        "hydra.launcher.n_jobs=2",
+        "data=tiny",
+        f"paths.data_dir={sim_data_dir}",
+        "model=tiny",
+        "seed=1,2,3,4",
+        "trainer.max_epochs=3",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        f"paths.log_dir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = sorted(tmp_path.glob("multirun/default/*/results.json"))
@@ -78,9 +98,22 @@ def test_cpu_sweep_runs_two_jobs_at_a_time(sim_data_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["mmd", "dann"])
 def test_ddp_two_cpu_processes(sim_data_dir, tmp_path, method):
-    cmd = [sys.executable, "-m", "galda.run", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-           f"method={method}", "model=tiny", "data=tiny", f"paths.data_dir={sim_data_dir}",
-           "trainer.max_epochs=2", "logger=none", "callbacks.progress_bar=null", f"hydra.run.dir={tmp_path}/run"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "galda.run",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"method={method}",
+        "model=tiny",
+        "data=tiny",
+        f"paths.data_dir={sim_data_dir}",
+        "trainer.max_epochs=2",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={tmp_path}/run",
+    ]
     proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -18,10 +18,22 @@ pytest.importorskip("submitit")
 @pytest.mark.slow
 def test_sweep_through_submitit_local_executor(sim_data_dir, tmp_path):
     seeds = (3, 7)
-    cmd = [sys.executable, "-m", "galda.run", "-m", "hydra/launcher=slurm_local",
-           "hydra.launcher.timeout_min=10", "data=tiny", f"paths.data_dir={sim_data_dir}",
-           "model=tiny", f"seed={','.join(map(str, seeds))}", "trainer.max_epochs=1",
-           "logger=none", "callbacks.progress_bar=null", f"paths.log_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "galda.run",
+        "-m",
+        "hydra/launcher=slurm_local",
+        "hydra.launcher.timeout_min=10",
+        "data=tiny",
+        f"paths.data_dir={sim_data_dir}",
+        "model=tiny",
+        f"seed={','.join(map(str, seeds))}",
+        "trainer.max_epochs=1",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        f"paths.log_dir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "multirun" / "default"

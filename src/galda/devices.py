@@ -59,8 +59,10 @@ def _check_jobs_per_gpu(jobs_per_gpu: Any) -> int:
     except (TypeError, ValueError):
         value = 0
     if value < 1 or str(jobs_per_gpu).strip() != str(value):
-        raise GaldaError(f"jobs_per_gpu={jobs_per_gpu!r}: must be a whole number >= 1 "
-                         "(e.g. jobs_per_gpu=4 with hydra/launcher=gpus)")
+        raise GaldaError(
+            f"jobs_per_gpu={jobs_per_gpu!r}: must be a whole number >= 1 "
+            "(e.g. jobs_per_gpu=4 with hydra/launcher=gpus)"
+        )
     return value
 
 
@@ -95,8 +97,10 @@ def current_job_num() -> int:
     """This job's number within its sweep (0 for a single run)."""
     try:
         from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
 
-        return int(HydraConfig.get().job.get("num", 0) or 0)
+        job: Any = HydraConfig.get().job
+        return int(OmegaConf.select(job, "num", default=0) or 0)  # unset outside a sweep
     except ValueError:  # HydraConfig not set: called outside a Hydra app
         return 0
 
