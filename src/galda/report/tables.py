@@ -179,6 +179,24 @@ def table1_markdown(groups: list[Group], expected_seeds: list[int] | None = None
     return "\n".join(parts).rstrip() + "\n"
 
 
+def _csv_key(g: Group, dom: str) -> list[str]:
+    """data, model, method, method_label, uses_target_labels, domain: the first CSV columns."""
+    label = METHOD_LABELS.get(g.method, g.method)
+    return [g.data, g.model, g.method, label, str(g.uses_target_labels).lower(), dom]
+
+
+def _csv_stat(g: Group, st: Stat) -> list[object]:
+    """mean, std, n, seeds, missing_seeds, failed_seeds."""
+    return [
+        _num(st.mean),
+        _num(st.std),
+        st.n,
+        _seedlist(st.seeds),
+        _seedlist(g.missing),
+        _seedlist(g.failed),
+    ]
+
+
 def table1_csv(groups: list[Group]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -202,23 +220,7 @@ def table1_csv(groups: list[Group]) -> str:
     for g in groups:
         for dom in DOMAINS:
             st = g.stats[(dom, "acc")]
-            w.writerow(
-                [
-                    g.data,
-                    g.model,
-                    g.method,
-                    METHOD_LABELS.get(g.method, g.method),
-                    str(g.uses_target_labels).lower(),
-                    dom,
-                    _num(st.mean),
-                    _num(st.std),
-                    st.n,
-                    _seedlist(st.seeds),
-                    _seedlist(g.missing),
-                    _seedlist(g.failed),
-                    str(not g.incomplete).lower(),
-                ]
-            )
+            w.writerow([*_csv_key(g, dom), *_csv_stat(g, st), str(not g.incomplete).lower()])
     return buf.getvalue()
 
 
@@ -361,24 +363,7 @@ def metrics_csv(groups: list[Group]) -> str:
     for g in groups:
         for dom in DOMAINS:
             for m in METRICS:
-                st = g.stats[(dom, m)]
-                w.writerow(
-                    [
-                        g.data,
-                        g.model,
-                        g.method,
-                        METHOD_LABELS.get(g.method, g.method),
-                        str(g.uses_target_labels).lower(),
-                        dom,
-                        m,
-                        _num(st.mean),
-                        _num(st.std),
-                        st.n,
-                        _seedlist(st.seeds),
-                        _seedlist(g.missing),
-                        _seedlist(g.failed),
-                    ]
-                )
+                w.writerow([*_csv_key(g, dom), m, *_csv_stat(g, g.stats[(dom, m)])])
     return buf.getvalue()
 
 
