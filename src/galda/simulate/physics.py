@@ -220,6 +220,71 @@ def _colours(quiescent: bool, rng: np.random.Generator) -> np.ndarray:
     return np.array([rng.uniform(0.4, 1.4), rng.uniform(-0.7, -0.2), 0.0])
 
 
+def _quiescent_parts(
+    pos: np.ndarray, re: float, normal: np.ndarray, rng: np.random.Generator
+) -> list[tuple[Component, np.ndarray]]:
+    """Spheroid plus, sometimes, a faint disc: (component, relative flux per band), main first."""
+    main = Component(
+        "sersic",
+        np.zeros(3),
+        pos,
+        re,
+        _sersic_n(rng.uniform(2.5, 4.5)),
+        normal,
+        rng.uniform(0.55, 0.9),
+    )
+    parts = [(main, np.ones(3))]
+    if rng.random() < 0.3:  # faint disc, bluer than the spheroid
+        dt = rng.uniform(0.1, 0.3)
+        disc = Component(
+            "sersic", np.zeros(3), pos, min(re * rng.uniform(1.5, 2.5), 0.9), 1.0, normal, 0.2
+        )
+        parts.append((disc, dt * np.array([2.0, 0.8, 1.0])))
+    return parts
+
+
+def _star_forming_parts(
+    pos: np.ndarray, re: float, normal: np.ndarray, rng: np.random.Generator
+) -> list[tuple[Component, np.ndarray]]:
+    """Disc, star-forming clumps and, sometimes, a red bulge: (component, relative flux), main first."""
+    main = Component(
+        "sersic",
+        np.zeros(3),
+        pos,
+        re,
+        _sersic_n(rng.uniform(0.6, 1.8)),
+        normal,
+        rng.uniform(0.15, 0.25),
+    )
+    parts = [(main, np.ones(3))]
+    fk = rng.uniform(0.05, 0.25)  # clumps: bluer than the disc (young stars)
+    knots = Component(
+        "knots",
+        np.zeros(3),
+        pos,
+        re,
+        1.0,
+        normal,
+        main.q0,
+        n_knots=int(rng.integers(5, 26)),
+        knot_seed=int(rng.integers(1, 2**31 - 1)),
+    )
+    parts.append((knots, fk * np.array([2.5, 0.6, 1.0])))
+    if rng.random() < 0.5:  # red bulge
+        bt = rng.uniform(0.05, 0.3)
+        bulge = Component(
+            "sersic",
+            np.zeros(3),
+            pos,
+            max(0.1, re * rng.uniform(0.3, 0.5)),
+            _sersic_n(rng.uniform(2.5, 4.0)),
+            normal,
+            0.7,
+        )
+        parts.append((bulge, bt * np.array([0.3, 1.4, 1.0])))
+    return parts
+
+
 def _galaxy(
     mag160: float,
     quiescent: bool,
@@ -232,66 +297,14 @@ def _galaxy(
     total = mag_to_njy(mag160 + colours)  # (3,) nJy
     re = _size_for_mag(mag160, quiescent, rng) if hlr is None else hlr
     normal = _unit(rng)
-    comps: list[Component] = []
-    if quiescent:
-        main = Component(
-            "sersic",
-            np.zeros(3),
-            pos,
-            re,
-            _sersic_n(rng.uniform(2.5, 4.5)),
-            normal,
-            rng.uniform(0.55, 0.9),
-        )
-        parts = [(main, np.ones(3))]
-        if rng.random() < 0.3:  # faint disc, bluer than the spheroid
-            dt = rng.uniform(0.1, 0.3)
-            disc = Component(
-                "sersic", np.zeros(3), pos, min(re * rng.uniform(1.5, 2.5), 0.9), 1.0, normal, 0.2
-            )
-            parts.append((disc, dt * np.array([2.0, 0.8, 1.0])))
-    else:
-        main = Component(
-            "sersic",
-            np.zeros(3),
-            pos,
-            re,
-            _sersic_n(rng.uniform(0.6, 1.8)),
-            normal,
-            rng.uniform(0.15, 0.25),
-        )
-        parts = [(main, np.ones(3))]
-        fk = rng.uniform(0.05, 0.25)  # clumps: bluer than the disc (young stars)
-        knots = Component(
-            "knots",
-            np.zeros(3),
-            pos,
-            re,
-            1.0,
-            normal,
-            main.q0,
-            n_knots=int(rng.integers(5, 26)),
-            knot_seed=int(rng.integers(1, 2**31 - 1)),
-        )
-        parts.append((knots, fk * np.array([2.5, 0.6, 1.0])))
-        if rng.random() < 0.5:  # red bulge
-            bt = rng.uniform(0.05, 0.3)
-            bulge = Component(
-                "sersic",
-                np.zeros(3),
-                pos,
-                max(0.1, re * rng.uniform(0.3, 0.5)),
-                _sersic_n(rng.uniform(2.5, 4.0)),
-                normal,
-                0.7,
-            )
-            parts.append((bulge, bt * np.array([0.3, 1.4, 1.0])))
+    parts = (_quiescent_parts if quiescent else _star_forming_parts)(pos, re, normal, rng)
     weights = np.array([w for _, w in parts])  # (k, 3)
     weights = weights / weights.sum(axis=0, keepdims=True)
+    comps: list[Component] = []
     for (c, _), w in zip(parts, weights):
         c.flux = total * w
         comps.append(c)
-    return comps, main
+    return comps, parts[0][0]
 
 
 def _arc_points(
@@ -306,132 +319,183 @@ def _arc_points(
     return center[None, :] + np.stack([r * np.cos(phi), r * np.sin(phi)], axis=1)
 
 
-def sample_system(seed: int, galaxy_id: int, label: int) -> System:
-    """Draw one physical system; depends only on (seed, galaxy_id, label)."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0, galaxy_id, label]))
-    sysm = System(label=label)
-    quiescent = bool(rng.random() < P_QUIESCENT)
-    # primary magnitude from a truncated exponential number-count law dN/dm ~ 10^(a m)
+def _primary_magnitude(rng: np.random.Generator) -> float:
+    """Primary F160W magnitude from a truncated exponential number-count law dN/dm ~ 10^(a m)."""
     lo, hi = MAG_RANGE_F160W
     a = MAG_COUNT_SLOPE * math.log(10)
     u = rng.random()
-    mag = math.log(math.exp(a * lo) + u * (math.exp(a * hi) - math.exp(a * lo))) / a
-    colours = _colours(quiescent, rng)
+    return math.log(math.exp(a * lo) + u * (math.exp(a * hi) - math.exp(a * lo))) / a
+
+
+def _remnant(
+    mag: float,
+    mag_c: float,
+    quiescent: bool,
+    colours: np.ndarray,
+    comp_col: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[list[Component], Component, np.ndarray]:
+    """Coalesced remnant: one galaxy with the combined light, sometimes a faint second nucleus.
+
+    Returns the components, the primary's main component and the companion position (the second
+    nucleus, or a zero vector when there is none).
+    """
     origin = np.zeros(3)
-    sc = {k: np.nan for k in PARAM_NAMES}
-    sc["quiescent"] = float(quiescent)
+    comps, main = _galaxy(mag, quiescent, colours, origin, rng)
+    sep3 = 0.0
+    if rng.random() < 0.5:
+        nuc_mag = mag_c + 2.5 * np.log10(rng.uniform(2.0, 5.0))  # nucleus keeps 20-50 %
+        off = _unit(rng) * rng.uniform(0.05, 0.15)
+        nuc = Component("sersic", mag_to_njy(nuc_mag + comp_col), off, 0.08, 2.0, _unit(rng), 0.8)
+        comps.append(nuc)
+        sep3 = float(np.linalg.norm(off))
+    cpos = origin + (_unit(rng) * sep3 if sep3 == 0.0 else comps[-1].pos3d)
+    return comps, main, cpos
 
-    if label == 1:
-        stage_i = int(rng.choice(len(MERGER_STAGES), p=MERGER_STAGE_WEIGHTS))
-        stage = MERGER_STAGES[stage_i]
-        mu = 10 ** rng.uniform(np.log10(FLUX_RATIO_RANGE[0]), np.log10(FLUX_RATIO_RANGE[1]))
-        f_tidal = rng.uniform(*TIDAL_FRACTION_RANGE)
-        sc.update(merger_stage=float(stage_i), flux_ratio=mu, tidal_fraction=f_tidal)
-        # system magnitude is the sampled one; split between primary and companion
-        mag_p = mag + 2.5 * np.log10(1.0 + mu)
-        mag_c = mag_p - 2.5 * np.log10(mu)
-        comp_q = bool(rng.random() < 0.25)  # companions are mostly gas-rich
-        comp_col = _colours(comp_q, rng)
-        if stage == "post":
-            # coalesced remnant: one galaxy with the combined light, sometimes a faint second nucleus
-            comps, main = _galaxy(mag, quiescent, colours, origin, rng)
-            sep3 = 0.0
-            if rng.random() < 0.5:
-                nuc_mag = mag_c + 2.5 * np.log10(rng.uniform(2.0, 5.0))  # nucleus keeps 20-50 %
-                off = _unit(rng) * rng.uniform(0.05, 0.15)
-                nuc = Component(
-                    "sersic", mag_to_njy(nuc_mag + comp_col), off, 0.08, 2.0, _unit(rng), 0.8
-                )
-                comps.append(nuc)
-                sep3 = float(np.linalg.norm(off))
-            cpos = origin + (_unit(rng) * sep3 if sep3 == 0.0 else comps[-1].pos3d)
-        else:
-            sep3 = rng.uniform(*STAGE_SEPARATION_3D[stage])
-            cpos = _unit(rng) * sep3
-            comps, main = _galaxy(mag_p, quiescent, colours, origin, rng)
-            ccomps, _ = _galaxy(mag_c, comp_q, comp_col, cpos, rng)
-            comps += ccomps
-        sysm.companion_pos = cpos
-        # tidal debris in the orbital plane, carrying f_tidal of the system's light
-        galaxy_flux = cast(np.ndarray, sum(c.flux for c in comps))
-        for c in comps:
-            c.flux = c.flux * (1.0 - f_tidal)
-        tidal_flux = galaxy_flux * f_tidal
-        e1 = cpos / np.linalg.norm(cpos) if np.linalg.norm(cpos) > 0 else _unit(rng)
-        e2 = np.cross(e1, _unit(rng))
-        e2 /= np.linalg.norm(e2)
-        com2 = np.array([np.dot(cpos, e1), 0.0]) * mu / (1.0 + mu)  # centre of light in the plane
-        prim2, comp2 = np.zeros(2), np.array([np.dot(cpos, e1), 0.0])
-        sense = rng.choice([-1.0, 1.0])
-        feats: list[tuple[np.ndarray, float]] = []  # (points in plane, relative weight)
-        if stage == "post":
-            phi0 = rng.uniform(0, 2 * np.pi)
-            for k in range(2):
-                L = rng.uniform(1.0, 3.0)
-                feats.append(
-                    (
-                        _arc_points(
-                            prim2,
-                            0.3,
-                            0.3 + L,
-                            phi0 + k * np.pi,
-                            sense * rng.uniform(1.0, 2.6),
-                            0.15,
-                        ),
-                        1.0,
-                    )
-                )
-            if rng.random() < 0.7:  # shells: arcs at increasing radii on alternating sides
-                for k in range(int(rng.integers(2, 5))):
-                    r = rng.uniform(0.6, 2.5)
-                    span = rng.uniform(1.0, 2.4)
-                    feats.append(
-                        (_arc_points(prim2, r, r, phi0 + k * np.pi - span / 2, span, 0.15), 0.6)
-                    )
-        else:
-            # tails launched from each galaxy, pointing away from the other, trailing the orbit
-            for start, weight, phi0 in ((prim2, 1.0, np.pi), (comp2, mu**0.5, 0.0)):
-                L = rng.uniform(1.0, 3.0) * (0.6 + 0.4 * weight)
-                r0 = float(np.linalg.norm(start - com2)) + 0.15
-                feats.append(
-                    (
-                        _arc_points(com2, r0, r0 + L, phi0, sense * rng.uniform(0.8, 2.2), 0.15),
-                        weight,
-                    )
-                )
-            if stage in ("close", "wide") and rng.random() < 0.5:  # bridge
-                bridge = np.linspace(prim2, comp2, max(4, int(np.linalg.norm(comp2) / 0.15)))[1:-1]
-                bridge = (
-                    bridge
-                    + np.array([0.0, 1.0])
-                    * sense
-                    * 0.25
-                    * np.sin(np.linspace(0, np.pi, len(bridge)))[:, None]
-                )
-                if len(bridge):
-                    feats.append((bridge, 0.5))
-        wsum = sum(w * len(p) for p, w in feats)
-        for pts, w in feats:
-            sig = rng.uniform(0.12, 0.25)  # debris width 1-2 kpc
-            flux_each = tidal_flux * (w / wsum)
-            for j, p in enumerate(pts):
-                taper = 1.3 - 0.6 * j / max(1, len(pts) - 1)  # debris fades along a tail
-                comps.append(Component("gauss", flux_each * taper, p[0] * e1 + p[1] * e2, sig))
-        # renormalise the tapered debris to exactly f_tidal of the light
-        gauss = [c for c in comps if c.kind == "gauss"]
-        tot_g = sum(c.flux for c in gauss)
-        for c in gauss:
-            c.flux = c.flux * tidal_flux / tot_g
-        sysm.scalars["n_galaxies"] = 1.0 if stage == "post" else 2.0
-        sysm.scalars["n_tidal_features"] = float(len(feats))
+
+def _remnant_features(
+    prim2: np.ndarray, sense: float, rng: np.random.Generator
+) -> list[tuple[np.ndarray, float]]:
+    """Post-merger debris: two tails from the remnant and, often, shells on alternating sides."""
+    feats: list[tuple[np.ndarray, float]] = []  # (points in plane, relative weight)
+    phi0 = rng.uniform(0, 2 * np.pi)
+    for k in range(2):
+        L = rng.uniform(1.0, 3.0)
+        feats.append(
+            (
+                _arc_points(
+                    prim2,
+                    0.3,
+                    0.3 + L,
+                    phi0 + k * np.pi,
+                    sense * rng.uniform(1.0, 2.6),
+                    0.15,
+                ),
+                1.0,
+            )
+        )
+    if rng.random() < 0.7:  # shells: arcs at increasing radii on alternating sides
+        for k in range(int(rng.integers(2, 5))):
+            r = rng.uniform(0.6, 2.5)
+            span = rng.uniform(1.0, 2.4)
+            feats.append((_arc_points(prim2, r, r, phi0 + k * np.pi - span / 2, span, 0.15), 0.6))
+    return feats
+
+
+def _pair_features(
+    prim2: np.ndarray,
+    comp2: np.ndarray,
+    com2: np.ndarray,
+    mu: float,
+    stage: str,
+    sense: float,
+    rng: np.random.Generator,
+) -> list[tuple[np.ndarray, float]]:
+    """Debris of a pair: a tail from each galaxy and, for close/wide pairs, sometimes a bridge."""
+    feats: list[tuple[np.ndarray, float]] = []  # (points in plane, relative weight)
+    # tails launched from each galaxy, pointing away from the other, trailing the orbit
+    for start, weight, phi0 in ((prim2, 1.0, np.pi), (comp2, mu**0.5, 0.0)):
+        L = rng.uniform(1.0, 3.0) * (0.6 + 0.4 * weight)
+        r0 = float(np.linalg.norm(start - com2)) + 0.15
+        feats.append(
+            (
+                _arc_points(com2, r0, r0 + L, phi0, sense * rng.uniform(0.8, 2.2), 0.15),
+                weight,
+            )
+        )
+    if stage in ("close", "wide") and rng.random() < 0.5:  # bridge
+        bridge = np.linspace(prim2, comp2, max(4, int(np.linalg.norm(comp2) / 0.15)))[1:-1]
+        bridge = (
+            bridge
+            + np.array([0.0, 1.0])
+            * sense
+            * 0.25
+            * np.sin(np.linspace(0, np.pi, len(bridge)))[:, None]
+        )
+        if len(bridge):
+            feats.append((bridge, 0.5))
+    return feats
+
+
+def _add_tidal_debris(
+    comps: list[Component],
+    cpos: np.ndarray,
+    mu: float,
+    f_tidal: float,
+    stage: str,
+    rng: np.random.Generator,
+) -> int:
+    """Move ``f_tidal`` of the galaxies' light into Gaussian debris chains in the orbital plane.
+
+    Appends the debris to ``comps`` and returns the number of tidal features.
+    """
+    galaxy_flux = cast(np.ndarray, sum(c.flux for c in comps))
+    for c in comps:
+        c.flux = c.flux * (1.0 - f_tidal)
+    tidal_flux = galaxy_flux * f_tidal
+    e1 = cpos / np.linalg.norm(cpos) if np.linalg.norm(cpos) > 0 else _unit(rng)
+    e2 = np.cross(e1, _unit(rng))
+    e2 /= np.linalg.norm(e2)
+    com2 = np.array([np.dot(cpos, e1), 0.0]) * mu / (1.0 + mu)  # centre of light in the plane
+    prim2, comp2 = np.zeros(2), np.array([np.dot(cpos, e1), 0.0])
+    sense = rng.choice([-1.0, 1.0])
+    if stage == "post":
+        feats = _remnant_features(prim2, sense, rng)
     else:
-        comps, main = _galaxy(mag, quiescent, colours, origin, rng)
-        sysm.scalars["n_galaxies"] = 1.0
-        sysm.scalars["n_tidal_features"] = 0.0
-    sysm.components = comps
-    sysm.main = main
+        feats = _pair_features(prim2, comp2, com2, mu, stage, sense, rng)
+    wsum = sum(w * len(p) for p, w in feats)
+    for pts, w in feats:
+        sig = rng.uniform(0.12, 0.25)  # debris width 1-2 kpc
+        flux_each = tidal_flux * (w / wsum)
+        for j, p in enumerate(pts):
+            taper = 1.3 - 0.6 * j / max(1, len(pts) - 1)  # debris fades along a tail
+            comps.append(Component("gauss", flux_each * taper, p[0] * e1 + p[1] * e2, sig))
+    # renormalise the tapered debris to exactly f_tidal of the light
+    gauss = [c for c in comps if c.kind == "gauss"]
+    tot_g = sum(c.flux for c in gauss)
+    for c in gauss:
+        c.flux = c.flux * tidal_flux / tot_g
+    return len(feats)
 
-    # unrelated projected neighbour: class-independent, different "redshift" (colour and size)
+
+def _merger(
+    sysm: System,
+    sc: dict[str, float],
+    mag: float,
+    quiescent: bool,
+    colours: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[list[Component], Component]:
+    """A merger's galaxies and tidal debris; records its stage, flux ratio and geometry."""
+    stage_i = int(rng.choice(len(MERGER_STAGES), p=MERGER_STAGE_WEIGHTS))
+    stage = MERGER_STAGES[stage_i]
+    mu = 10 ** rng.uniform(np.log10(FLUX_RATIO_RANGE[0]), np.log10(FLUX_RATIO_RANGE[1]))
+    f_tidal = rng.uniform(*TIDAL_FRACTION_RANGE)
+    sc.update(merger_stage=float(stage_i), flux_ratio=mu, tidal_fraction=f_tidal)
+    # system magnitude is the sampled one; split between primary and companion
+    mag_p = mag + 2.5 * np.log10(1.0 + mu)
+    mag_c = mag_p - 2.5 * np.log10(mu)
+    comp_q = bool(rng.random() < 0.25)  # companions are mostly gas-rich
+    comp_col = _colours(comp_q, rng)
+    if stage == "post":
+        comps, main, cpos = _remnant(mag, mag_c, quiescent, colours, comp_col, rng)
+    else:
+        sep3 = rng.uniform(*STAGE_SEPARATION_3D[stage])
+        cpos = _unit(rng) * sep3
+        comps, main = _galaxy(mag_p, quiescent, colours, np.zeros(3), rng)
+        ccomps, _ = _galaxy(mag_c, comp_q, comp_col, cpos, rng)
+        comps += ccomps
+    sysm.companion_pos = cpos
+    n_feats = _add_tidal_debris(comps, cpos, mu, f_tidal, stage, rng)
+    sysm.scalars["n_galaxies"] = 1.0 if stage == "post" else 2.0
+    sysm.scalars["n_tidal_features"] = float(n_feats)
+    return comps, main
+
+
+def _add_neighbour(
+    sysm: System, sc: dict[str, float], mag: float, rng: np.random.Generator
+) -> None:
+    """Unrelated projected neighbour: class-independent, different "redshift" (colour and size)."""
     if rng.random() < P_NEIGHBOUR:
         lo_r, hi_r = NEIGHBOUR_RADIUS_ARCSEC
         r = math.sqrt(rng.uniform(lo_r**2, hi_r**2))  # uniform in area
@@ -449,6 +513,30 @@ def sample_system(seed: int, galaxy_id: int, label: int) -> System:
         sc["neighbour_separation_arcsec"] = r
     else:
         sc["has_neighbour"] = 0.0
+
+
+def sample_system(seed: int, galaxy_id: int, label: int) -> System:
+    """Draw one physical system; depends only on (seed, galaxy_id, label).
+
+    The draws happen in a fixed order (primary, merger or single galaxy, neighbour), so a system is
+    reproducible from its seed alone.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0, galaxy_id, label]))
+    sysm = System(label=label)
+    quiescent = bool(rng.random() < P_QUIESCENT)
+    mag = _primary_magnitude(rng)
+    colours = _colours(quiescent, rng)
+    sc = {k: np.nan for k in PARAM_NAMES}
+    sc["quiescent"] = float(quiescent)
+    if label == 1:
+        comps, main = _merger(sysm, sc, mag, quiescent, colours, rng)
+    else:
+        comps, main = _galaxy(mag, quiescent, colours, np.zeros(3), rng)
+        sysm.scalars["n_galaxies"] = 1.0
+        sysm.scalars["n_tidal_features"] = 0.0
+    sysm.components = comps
+    sysm.main = main
+    _add_neighbour(sysm, sc, mag, rng)
     sysm.scalars.update({k: v for k, v in sc.items() if k not in sysm.scalars})
     return sysm
 
@@ -549,15 +637,14 @@ def _component_k(
     raise ValueError(c.kind)
 
 
-def render_view(
-    sysm: System, seed: int, galaxy_id: int, view: int
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Noiseless, PSF-convolved (3, 75, 75) float32 image of one view (nJy/pixel) and its params."""
-    grid = _kgrid()
-    vrng = np.random.default_rng(np.random.SeedSequence([seed, 2, galaxy_id, view]))
-    rot = _random_rotation(vrng)
-    jitter = vrng.uniform(-0.5, 0.5, size=2) * PIXEL_SCALE_ARCSEC  # centring error of the cutout
-    nb_rot = _random_rotation(vrng)
+def _light_groups(
+    grid: _KGrid, sysm: System, rot: np.ndarray, nb_rot: np.ndarray, jitter: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """Unit-flux transforms and per-band fluxes of every light group in one view.
+
+    A group is one galaxy component, all the tidal debris together, or one neighbour component.
+    Also returns the observed axis ratio of the primary's main component.
+    """
     ks: list[np.ndarray] = []
     fluxes: list[np.ndarray] = []
     main_q = 1.0
@@ -586,15 +673,14 @@ def render_view(
             k, _ = _component_k(grid, c, nb_rot, npos)
             ks.append(k)
             fluxes.append(c.flux)
-    kstack = np.stack(ks)  # (n_groups, ky, kx) complex
-    F = np.stack(fluxes)  # (n_groups, 3) nJy
-    flat = kstack.reshape(len(ks), -1).view(np.float64)
-    kband = (F.T @ flat).view(np.complex128).reshape((len(BAND_NAMES), *kstack.shape[1:]))
-    img = np.empty((len(BAND_NAMES), STAMP_PIXELS, STAMP_PIXELS), dtype=np.float32)
-    for b in range(len(BAND_NAMES)):
-        img[b] = grid.to_image(kband[b], b)
+    return ks, fluxes, main_q
+
+
+def _view_params(
+    sysm: System, total: np.ndarray, rot: np.ndarray, main_q: float, view: int
+) -> dict[str, float]:
+    """Catalogue parameters of one view; ``total`` is the stamp's flux per band (nJy)."""
     params = {k: float(sysm.scalars.get(k, np.nan)) for k in PARAM_NAMES}
-    total = F.sum(axis=0)
     prim = cast(np.ndarray, sum(c.flux for c in sysm.components))
     for b, name in enumerate(BAND_NAMES):
         params[f"flux_{name}"] = float(total[b])
@@ -617,7 +703,27 @@ def render_view(
     params["n_galaxies"] = sysm.scalars["n_galaxies"] + (
         1.0 if sysm.neighbour_pos2d is not None else 0.0
     )
-    return img, params
+    return params
+
+
+def render_view(
+    sysm: System, seed: int, galaxy_id: int, view: int
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Noiseless, PSF-convolved (3, 75, 75) float32 image of one view (nJy/pixel) and its params."""
+    grid = _kgrid()
+    vrng = np.random.default_rng(np.random.SeedSequence([seed, 2, galaxy_id, view]))
+    rot = _random_rotation(vrng)
+    jitter = vrng.uniform(-0.5, 0.5, size=2) * PIXEL_SCALE_ARCSEC  # centring error of the cutout
+    nb_rot = _random_rotation(vrng)
+    ks, fluxes, main_q = _light_groups(grid, sysm, rot, nb_rot, jitter)
+    kstack = np.stack(ks)  # (n_groups, ky, kx) complex
+    F = np.stack(fluxes)  # (n_groups, 3) nJy
+    flat = kstack.reshape(len(ks), -1).view(np.float64)
+    kband = (F.T @ flat).view(np.complex128).reshape((len(BAND_NAMES), *kstack.shape[1:]))
+    img = np.empty((len(BAND_NAMES), STAMP_PIXELS, STAMP_PIXELS), dtype=np.float32)
+    for b in range(len(BAND_NAMES)):
+        img[b] = grid.to_image(kband[b], b)
+    return img, _view_params(sysm, F.sum(axis=0), rot, main_q, view)
 
 
 def add_noise(
