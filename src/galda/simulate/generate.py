@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
@@ -183,6 +183,128 @@ def _matches(path: Path, expect: dict[str, Any]) -> bool:
         return False
 
 
+def _reuse_existing(
+    src_path: Path, tgt_path: Path, expect: dict[str, Any], overwrite: bool
+) -> bool:
+    """True if both files exist with the requested attributes (and ``overwrite`` is false).
+
+    Raises :class:`FileExistsError` if a file exists with other settings and ``overwrite`` is false.
+    """
+    ours = [p for p in (src_path, tgt_path) if p.exists() and _matches(p, expect)]
+    if overwrite:
+        return False
+    if len(ours) == 2:
+        return True
+    foreign = [str(p) for p in (src_path, tgt_path) if p.exists() and p not in ours]
+    if foreign:
+        raise FileExistsError(
+            f"{', '.join(foreign)}: exists but was made with other settings than {expect}; "
+            "pass overwrite=True (CLI: overwrite=true) or choose another out"
+        )
+    return False
+
+
+def _plan_jobs(
+    cfg: dict[str, int], seed: int, paired: bool, sigma: np.ndarray
+) -> list[tuple[list, tuple[str, ...]]]:
+    """(render tasks, domains they fill) per pass: one pass if paired, one per domain if not."""
+
+    def chunks(plan: list, noisy: bool) -> list:
+        return [
+            (int(seed), plan[i : i + SYSTEMS_PER_TASK], noisy, tuple(sigma))
+            for i in range(0, len(plan), SYSTEMS_PER_TASK)
+        ]
+
+    src_plan = plan_systems(cfg, seed, stream=0, id_offset=0)
+    if paired:
+        return [(chunks(src_plan, True), ("source", "target"))]
+    tgt_plan = plan_systems(cfg, seed, stream=1, id_offset=TARGET_ID_OFFSET)
+    return [(chunks(src_plan, False), ("source",)), (chunks(tgt_plan, True), ("target",))]
+
+
+def _concat(parts: list[dict[str, Any]], domains: Iterable[str]) -> dict[str, Any]:
+    """Rendered task results joined along the image axis."""
+    return {
+        "labels": np.concatenate([r["labels"] for r in parts]),
+        "galaxy_id": np.concatenate([r["galaxy_id"] for r in parts]),
+        "params": {k: np.concatenate([r["params"][k] for r in parts]) for k in P.PARAM_NAMES},
+        **{d: np.concatenate([r[d] for r in parts]) for d in domains},
+    }
+
+
+def _rows(block: dict[str, Any], rows: slice, domains: Iterable[str]) -> dict[str, Any]:
+    """The ``rows`` of a joined block (all its arrays sliced alike)."""
+    return {
+        "labels": block["labels"][rows],
+        "galaxy_id": block["galaxy_id"][rows],
+        "params": {c: v[rows] for c, v in block["params"].items()},
+        **{d: block[d][rows] for d in domains},
+    }
+
+
+class _BlockBuffer:
+    """Collects rendered tasks; writes them to the domain writers in blocks of ``WRITE_BLOCK`` rows.
+
+    Whole HDF5 chunks (64 images; WRITE_BLOCK is a multiple) are written because a partial-chunk
+    write to a compressed dataset re-compresses that chunk every time.
+    """
+
+    def __init__(self, writers: dict[str, DomainWriter]) -> None:
+        self.writers = writers
+        self.start = 0  # rows written so far
+        self.buf: list[dict[str, Any]] = []
+
+    def add(self, res: dict[str, Any]) -> None:
+        self.buf.append(res)
+        if sum(len(r["labels"]) for r in self.buf) >= WRITE_BLOCK:
+            self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        """Write all whole blocks held (everything if ``final``); keep the remainder."""
+        if not self.buf:
+            return
+        cat = _concat(self.buf, self.writers)
+        n = len(cat["labels"])
+        k = n if final else n - n % WRITE_BLOCK
+        head = _rows(cat, slice(None, k), self.writers)
+        for d, w in self.writers.items():
+            w.write(self.start, head[d], head["labels"], head["galaxy_id"], head["params"])
+        self.start += k
+        self.buf = [_rows(cat, slice(k, None), self.writers)] if k < n else []
+
+
+def _write_pass(
+    tasks: list,
+    paths: dict[str, Path],
+    attrs: dict[str, dict[str, Any]],
+    n_img: int,
+    workers: int,
+    bar: Any,
+) -> None:
+    """Render ``tasks``; write the domains named in ``paths`` (``attrs``: their file attributes)."""
+    with ExitStack() as stack:
+        writers = {
+            d: stack.enter_context(
+                DomainWriter(
+                    path,
+                    n=n_img,
+                    image_shape=(len(P.BAND_NAMES), P.STAMP_PIXELS, P.STAMP_PIXELS),
+                    labelled=True,
+                    attrs=attrs[d],
+                    param_names=list(P.PARAM_NAMES),
+                    overwrite=True,
+                )
+            )
+            for d, path in paths.items()
+        }
+        blocks = _BlockBuffer(writers)
+        for res in _run_tasks(tasks, workers):
+            blocks.add(res)
+            bar.update(len(res["labels"]))
+        blocks.flush(final=True)
+        assert blocks.start == n_img, (blocks.start, n_img)
+
+
 def simulate_domains(
     preset: str = "small",
     out: str | Path | None = None,
@@ -208,7 +330,7 @@ def simulate_domains(
 
     cfg = resolve_preset(preset, views, n_mergers, n_nonmergers)
     out = Path(out) if out is not None else default_out(preset, seed)
-    src_path, tgt_path = out / "source.h5", out / "target.h5"
+    paths = {"source": out / "source.h5", "target": out / "target.h5"}
     expect = {
         "preset": preset,
         "seed": int(seed),
@@ -219,96 +341,18 @@ def simulate_domains(
         "sb_limit_mag_arcsec2": float(sb_limit),
         "sb_limit_convention": P.SB_LIMIT_CONVENTION,
     }
-    ours = [p for p in (src_path, tgt_path) if p.exists() and _matches(p, expect)]
-    if not overwrite:
-        if len(ours) == 2:
-            return src_path, tgt_path
-        foreign = [str(p) for p in (src_path, tgt_path) if p.exists() and p not in ours]
-        if foreign:
-            raise FileExistsError(
-                f"{', '.join(foreign)}: exists but was made with other settings than {expect}; "
-                "pass overwrite=True (CLI: overwrite=true) or choose another out"
-            )
+    if _reuse_existing(paths["source"], paths["target"], expect, overwrite):
+        return paths["source"], paths["target"]
     workers = max(1, int(workers))
     sigma = P.noise_sigma_per_band(sb_limit)
-
-    def chunks(plan: list, noisy: bool) -> list:
-        return [
-            (int(seed), plan[i : i + SYSTEMS_PER_TASK], noisy, tuple(sigma))
-            for i in range(0, len(plan), SYSTEMS_PER_TASK)
-        ]
-
+    attrs = {d: file_attrs(d, preset, seed, cfg, paired, sigma, sb_limit) for d in paths}
     n_img = cfg["n_mergers"] + cfg["n_nonmergers"]
-    src_plan = plan_systems(cfg, seed, stream=0, id_offset=0)
-    jobs: list[tuple[list, tuple[str, ...]]]
-    if paired:
-        jobs = [(chunks(src_plan, True), ("source", "target"))]
-    else:
-        tgt_plan = plan_systems(cfg, seed, stream=1, id_offset=TARGET_ID_OFFSET)
-        jobs = [(chunks(src_plan, False), ("source",)), (chunks(tgt_plan, True), ("target",))]
-    paths = {"source": src_path, "target": tgt_path}
+    jobs = _plan_jobs(cfg, seed, paired, sigma)
     bar = tqdm(total=n_img * len(jobs), desc=f"simulate {preset}", unit="img", disable=not progress)
     with bar:
         for tasks, domains in jobs:
-            with ExitStack() as stack:
-                writers = {
-                    d: stack.enter_context(
-                        DomainWriter(
-                            paths[d],
-                            n=n_img,
-                            image_shape=(len(P.BAND_NAMES), P.STAMP_PIXELS, P.STAMP_PIXELS),
-                            labelled=True,
-                            attrs=file_attrs(d, preset, seed, cfg, paired, sigma, sb_limit),
-                            param_names=list(P.PARAM_NAMES),
-                            overwrite=True,
-                        )
-                    )
-                    for d in domains
-                }
-                start = 0
-                buf: list[dict[str, Any]] = []
-
-                def flush(final: bool = False, writers: dict = writers) -> None:
-                    nonlocal start, buf
-                    if not buf:
-                        return
-                    cat: dict[str, Any] = {
-                        "labels": np.concatenate([r["labels"] for r in buf]),
-                        "galaxy_id": np.concatenate([r["galaxy_id"] for r in buf]),
-                        "params": {
-                            k: np.concatenate([r["params"][k] for r in buf]) for k in P.PARAM_NAMES
-                        },
-                        **{d: np.concatenate([r[d] for r in buf]) for d in writers},
-                    }
-                    n = len(cat["labels"])
-                    k = n if final else n - n % WRITE_BLOCK
-                    for d, w in writers.items():
-                        w.write(
-                            start,
-                            cat[d][:k],
-                            cat["labels"][:k],
-                            cat["galaxy_id"][:k],
-                            {c: v[:k] for c, v in cat["params"].items()},
-                        )
-                    start += k
-                    rest = {
-                        "labels": cat["labels"][k:],
-                        "galaxy_id": cat["galaxy_id"][k:],
-                        "params": {c: v[k:] for c, v in cat["params"].items()},
-                        **{d: cat[d][k:] for d in writers},
-                    }
-                    buf = [rest] if k < n else []
-
-                # write whole HDF5 chunks (64 images; WRITE_BLOCK is a multiple): a partial-chunk
-                # write to a compressed dataset re-compresses that chunk every time
-                for res in _run_tasks(tasks, workers):
-                    buf.append(res)
-                    if sum(len(r["labels"]) for r in buf) >= WRITE_BLOCK:
-                        flush()
-                    bar.update(len(res["labels"]))
-                flush(final=True)
-                assert start == n_img, (start, n_img)
-    return src_path, tgt_path
+            _write_pass(tasks, {d: paths[d] for d in domains}, attrs, n_img, workers, bar)
+    return paths["source"], paths["target"]
 
 
 def summarize(path: str | Path, block: int = 1024) -> dict[str, Any]:

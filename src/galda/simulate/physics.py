@@ -246,7 +246,7 @@ def _quiescent_parts(
 def _star_forming_parts(
     pos: np.ndarray, re: float, normal: np.ndarray, rng: np.random.Generator
 ) -> list[tuple[Component, np.ndarray]]:
-    """Disc, star-forming clumps and, sometimes, a red bulge: (component, relative flux), main first."""
+    """Disc, star-forming clumps, sometimes a red bulge: (component, relative flux), main first."""
     main = Component(
         "sersic",
         np.zeros(3),
