@@ -108,14 +108,142 @@ def _auc_text(group: Group, domain: str, curve: tuple | None) -> str:
     return "n/a"
 
 
+def _bar_set(ax: Any, g: Group, dom: str, x: np.ndarray, width: float, color: str) -> None:
+    """One group's bars for one domain (source hatched, target solid), with error bars and values."""
+    from matplotlib.colors import to_rgba
+
+    means = np.array([g.stats[(dom, m)].mean for m in METRICS])
+    stds = np.array([g.stats[(dom, m)].std for m in METRICS])
+    errs = np.where(np.isfinite(stds), stds, 0.0)
+    kw: dict[str, Any] = (
+        dict(facecolor=to_rgba(color, 0.22), edgecolor=color, hatch=SOURCE_HATCH, linewidth=0.9)
+        if dom == "source"
+        else dict(facecolor=color, edgecolor=color, linewidth=0.9)
+    )
+    heights = np.nan_to_num(means, nan=0.0)
+    ax.bar(
+        x,
+        heights,
+        width,
+        yerr=errs,
+        capsize=1.5,
+        error_kw=dict(elinewidth=0.7, ecolor="black"),
+        **kw,
+    )
+    for xi, mval, e in zip(x, means, errs):
+        if math.isnan(mval):
+            ax.text(xi, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
+            continue
+        ax.text(
+            xi,
+            mval + e + 0.012,
+            f"{mval:.2f}",
+            rotation=90,
+            ha="center",
+            va="bottom",
+            fontsize=6.5,
+        )
+
+
+def _metric_panel(
+    ax: Any, model: str, model_rows: list, idx: dict, colors: dict[tuple[str, bool], str]
+) -> None:
+    """Bars of every metric for the methods run with ``model``; axes, title and legend."""
+    from matplotlib.patches import Patch
+
+    n_bars = 2 * len(model_rows)
+    width = 0.86 / max(n_bars, 1)
+    x = np.arange(len(METRICS), dtype=float)
+    j = 0
+    for key in model_rows:
+        g = idx.get((model, *key))
+        for dom in ("source", "target"):
+            offset = (j - (n_bars - 1) / 2) * width
+            j += 1
+            if g is not None:
+                _bar_set(ax, g, dom, x + offset, width, colors[key])
+    ax.set_xticks(x)
+    ax.set_xticklabels(
+        [METRIC_LABELS[m] + (" (lower is better)" if m == "brier" else "") for m in METRICS],
+        fontsize=10,
+    )
+    ax.set_ylim(0, 1.22)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("score")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    n_seeds = sorted({g.stats[("source", "acc")].n for k, g in idx.items() if k[0] == model})
+    ax.set_title(
+        f"{model_label(model)} (seeds per bar: {', '.join(map(str, n_seeds))})",
+        loc="left",
+        fontsize=11,
+    )
+    handles = [
+        Patch(facecolor=colors[k], edgecolor=colors[k], label=method_label(*k)) for k in model_rows
+    ]
+    handles += [
+        Patch(facecolor="white", edgecolor="black", hatch=SOURCE_HATCH, label="source"),
+        Patch(facecolor="black", edgecolor="black", label="target"),
+    ]
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        ncol=len(handles),
+        fontsize=8.5,
+        frameon=False,
+        bbox_to_anchor=(0.5, 1.0),
+        handlelength=1.6,
+        columnspacing=1.2,
+    )
+
+
+def _roc_panel(
+    rax: Any, model: str, model_rows: list, idx: dict, colors: dict[tuple[str, bool], str]
+) -> None:
+    """Mean ROC curves (dashed source, solid target) of the methods run with ``model``."""
+    rax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
+    for key in model_rows:
+        g = idx[(model, *key)]
+        for dom, ls in (("source", "--"), ("target", "-")):
+            curve = mean_roc(g, dom)
+            if curve is None:
+                continue
+            fpr, tpr, n = curve
+            partial = f" [ROC: {n} of {len(g.used)} runs]" if n < len(g.used) else ""
+            rax.plot(
+                fpr,
+                tpr,
+                ls=ls,
+                color=colors[key],
+                lw=1.5,
+                label=f"{g.method_label}, {dom}: AUC {_auc_text(g, dom, curve)}{partial}",
+            )
+    rax.set_xlim(0, 1)
+    rax.set_ylim(0, 1.01)
+    rax.set_aspect("equal")
+    rax.set_xlabel("false positive rate")
+    rax.set_ylabel("true positive rate")
+    rax.set_title(f"ROC, {model_label(model)} (dashed = source)", fontsize=11)
+    if rax.get_legend_handles_labels()[0]:
+        rax.legend(loc="lower right", fontsize=6.5, frameon=True, framealpha=0.85)
+    else:
+        rax.text(
+            0.5,
+            0.5,
+            "no predictions.npz",
+            ha="center",
+            va="center",
+            transform=rax.transAxes,
+            color="grey",
+        )
+
+
 def draw_figure1(groups: list[Group], data: str):
     """Build the matplotlib Figure for one data set (groups of that data set only)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-    from matplotlib.colors import to_rgba
-    from matplotlib.patches import Patch
 
     gs = [g for g in groups if g.data == data]
     models = sorted({g.model for g in gs}, key=model_sort_key)
@@ -129,124 +257,10 @@ def draw_figure1(groups: list[Group], data: str):
         f"Figure 1 — test metrics and ROC curves, data: {data} (mean ± sample std over seeds)",
         fontsize=13,
     )
-
     for i, model in enumerate(models):
-        ax = fig.add_subplot(grid[i, 0])
         model_rows = [k for k in rows if (model, *k) in idx]  # only methods run for this model
-        n_bars = 2 * len(model_rows)
-        width = 0.86 / max(n_bars, 1)
-        x = np.arange(len(METRICS), dtype=float)
-        j = 0
-        for key in model_rows:
-            g = idx.get((model, *key))
-            for dom in ("source", "target"):
-                offset = (j - (n_bars - 1) / 2) * width
-                j += 1
-                if g is None:
-                    continue
-                means = np.array([g.stats[(dom, m)].mean for m in METRICS])
-                stds = np.array([g.stats[(dom, m)].std for m in METRICS])
-                errs = np.where(np.isfinite(stds), stds, 0.0)
-                c = colors[key]
-                kw: dict[str, Any] = (
-                    dict(facecolor=to_rgba(c, 0.22), edgecolor=c, hatch=SOURCE_HATCH, linewidth=0.9)
-                    if dom == "source"
-                    else dict(facecolor=c, edgecolor=c, linewidth=0.9)
-                )
-                heights = np.nan_to_num(means, nan=0.0)
-                ax.bar(
-                    x + offset,
-                    heights,
-                    width,
-                    yerr=errs,
-                    capsize=1.5,
-                    error_kw=dict(elinewidth=0.7, ecolor="black"),
-                    **kw,
-                )
-                for xi, mval, e in zip(x + offset, means, errs):
-                    if math.isnan(mval):
-                        ax.text(xi, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
-                        continue
-                    ax.text(
-                        xi,
-                        mval + e + 0.012,
-                        f"{mval:.2f}",
-                        rotation=90,
-                        ha="center",
-                        va="bottom",
-                        fontsize=6.5,
-                    )
-        ax.set_xticks(x)
-        ax.set_xticklabels(
-            [METRIC_LABELS[m] + (" (lower is better)" if m == "brier" else "") for m in METRICS],
-            fontsize=10,
-        )
-        ax.set_ylim(0, 1.22)
-        ax.set_yticks(np.linspace(0, 1, 6))
-        ax.set_ylabel("score")
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-        n_seeds = sorted({g.stats[("source", "acc")].n for k, g in idx.items() if k[0] == model})
-        ax.set_title(
-            f"{model_label(model)} (seeds per bar: {', '.join(map(str, n_seeds))})",
-            loc="left",
-            fontsize=11,
-        )
-        handles = [
-            Patch(facecolor=colors[k], edgecolor=colors[k], label=method_label(*k))
-            for k in model_rows
-        ]
-        handles += [
-            Patch(facecolor="white", edgecolor="black", hatch=SOURCE_HATCH, label="source"),
-            Patch(facecolor="black", edgecolor="black", label="target"),
-        ]
-        ax.legend(
-            handles=handles,
-            loc="upper center",
-            ncol=len(handles),
-            fontsize=8.5,
-            frameon=False,
-            bbox_to_anchor=(0.5, 1.0),
-            handlelength=1.6,
-            columnspacing=1.2,
-        )
-
-        rax = fig.add_subplot(grid[i, 1])
-        rax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
-        for key in model_rows:
-            g = idx[(model, *key)]
-            for dom, ls in (("source", "--"), ("target", "-")):
-                curve = mean_roc(g, dom)
-                if curve is None:
-                    continue
-                fpr, tpr, n = curve
-                partial = f" [ROC: {n} of {len(g.used)} runs]" if n < len(g.used) else ""
-                rax.plot(
-                    fpr,
-                    tpr,
-                    ls=ls,
-                    color=colors[key],
-                    lw=1.5,
-                    label=f"{g.method_label}, {dom}: AUC {_auc_text(g, dom, curve)}{partial}",
-                )
-        rax.set_xlim(0, 1)
-        rax.set_ylim(0, 1.01)
-        rax.set_aspect("equal")
-        rax.set_xlabel("false positive rate")
-        rax.set_ylabel("true positive rate")
-        rax.set_title(f"ROC, {model_label(model)} (dashed = source)", fontsize=11)
-        if rax.get_legend_handles_labels()[0]:
-            rax.legend(loc="lower right", fontsize=6.5, frameon=True, framealpha=0.85)
-        else:
-            rax.text(
-                0.5,
-                0.5,
-                "no predictions.npz",
-                ha="center",
-                va="center",
-                transform=rax.transAxes,
-                color="grey",
-            )
+        _metric_panel(fig.add_subplot(grid[i, 0]), model, model_rows, idx, colors)
+        _roc_panel(fig.add_subplot(grid[i, 1]), model, model_rows, idx, colors)
     return fig
 
 
