@@ -488,6 +488,122 @@ def _fmt_seeds(seeds: Iterable[int | None]) -> str:
     return ", ".join("?" if s is None else str(s) for s in ordered)
 
 
+def _group_runs(
+    runs: list[Run], sweeps: dict[tuple[str, str, str], set[int]] | None
+) -> dict[tuple, Group]:
+    """Full runs by (data, model, method, uses_target_labels), plus an empty group per swept
+    combination that has no results at all."""
+    groups: dict[tuple, Group] = {}
+    for r in runs:
+        if r.smoke:
+            continue
+        key = (r.data, r.model, r.method, r.uses_target_labels)
+        groups.setdefault(key, Group(*key)).runs.append(r)
+    for data, model, method in sweeps or {}:
+        if not any(k[:3] == (data, model, method) for k in groups):
+            key = (data, model, method, method == "oracle")
+            groups[key] = Group(*key)
+    return groups
+
+
+def _expected(
+    g: Group,
+    expected_seeds: list[int] | None,
+    sweeps: dict[tuple[str, str, str], set[int]] | None,
+) -> set[int]:
+    """The seeds ``g`` should have: ``expected_seeds``, or those it ran plus those swept."""
+    if expected_seeds is not None and g.model not in MODEL_FREE:  # the classical row: seedless
+        return set(expected_seeds)
+    exp = {r.seed for r in g.runs if r.seed is not None}
+    exp |= (sweeps or {}).get((g.data, g.model, g.method), set())
+    return exp
+
+
+def _assign_seeds(g: Group, exp: set[int]) -> None:
+    """Fill ``g.used`` (newest complete run per seed), ``failed``, ``duplicates``, ``ignored``,
+    ``missing`` and ``expected``; runs without a seed are all used, with a note."""
+    by_seed: dict[int | None, list[Run]] = {}
+    for r in g.runs:
+        by_seed.setdefault(r.seed, []).append(r)
+    for seed, rs in sorted(by_seed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+        if seed is not None and seed not in exp:
+            g.ignored.append(seed)
+            continue
+        done = sorted((r for r in rs if r.complete), key=lambda r: r.mtime)
+        if seed is None:  # cannot tell seeds apart: count each run, but say so
+            g.used.extend(done)
+            if done:
+                g.notes.append(
+                    f"{len(done)} complete run(s) without a seed: "
+                    + "; ".join(str(r.run_dir) for r in done)
+                )
+            for r in rs:
+                if not r.complete:
+                    g.failed[None] = r.error or r.status
+            continue
+        if done:
+            g.used.append(done[-1])
+            if len(done) > 1:
+                g.duplicates[seed] = len(done)
+        else:
+            newest = max(rs, key=lambda r: r.mtime)
+            g.failed[seed] = newest.error or newest.status
+    g.missing = sorted(exp - {r.seed for r in g.runs if r.seed is not None})
+    g.expected = sorted(exp)
+
+
+def _seed_notes(g: Group) -> list[str]:
+    """Missing, failed, duplicate and ignored seeds, and absent target labels."""
+    notes = []
+    if g.missing:
+        notes.append(f"seed(s) {_fmt_seeds(g.missing)} missing (no results.json of a full run)")
+    for seed, err in sorted(g.failed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+        first = (err or "").strip().splitlines()[0][:160] if err else "no error message"
+        notes.append(f"seed {'?' if seed is None else seed} failed: {first}")
+    for seed, k in sorted(g.duplicates.items()):
+        notes.append(f"seed {seed}: {k} complete results found, the newest is used")
+    if g.ignored:
+        notes.append(f"seed(s) {_fmt_seeds(g.ignored)} outside the expected seeds, ignored")
+    n_src = g.stats[("source", "acc")].n
+    n_tgt = g.stats[("target", "acc")].n
+    if g.used and n_tgt < n_src:
+        notes.append(
+            f"target accuracy available for {n_tgt} of {n_src} runs (target labels absent)"
+        )
+    return notes
+
+
+def _provenance_notes(g: Group) -> list[str]:
+    """Differing configurations or commits, statmorph coverage, use of target labels."""
+    notes = []
+    configs = {r.config_overrides for r in g.used}
+    if len(configs) > 1:
+        shown = " | ".join(" ".join(c) or "(defaults)" for c in sorted(configs))
+        notes.append(f"averaged runs differ in configuration: {shown}")
+    measured = [r.raw["measured_fraction"] for r in g.used if r.raw.get("measured_fraction")]
+    if measured:
+        notes.append(
+            "statmorph measured "
+            + ", ".join(
+                f"{d} {100 * float(m.get(d, m) if isinstance(m, dict) else m):.2f} %"
+                for m in measured[:1]
+                for d in (("source", "target") if isinstance(m, dict) else ("all",))
+            )
+            + " of the stamps (failed stamps get the training medians, flagged)"
+        )
+    commits = {r.raw.get("git_commit") for r in g.used if r.raw.get("git_commit")}
+    if len(commits) > 1:
+        notes.append(f"runs come from {len(commits)} different git commits")
+    if g.uses_target_labels and g.method != "oracle":  # the oracle row label says it already
+        monitors = sorted({str((r.raw.get("selection") or {}).get("monitor")) for r in g.runs})
+        notes.append(
+            "used target labels (selection monitor: "
+            + ", ".join(monitors)
+            + "): not comparable with label-free rows"
+        )
+    return notes
+
+
 def aggregate(
     runs: list[Run],
     expected_seeds: list[int] | None = None,
@@ -500,100 +616,14 @@ def aggregate(
     :func:`sweep_expectations`); a swept combination with no results at all becomes a group
     whose seeds are all missing. Smoke runs are left out.
     """
-    groups: dict[tuple, Group] = {}
-    for r in runs:
-        if r.smoke:
-            continue
-        key = (r.data, r.model, r.method, r.uses_target_labels)
-        groups.setdefault(key, Group(*key)).runs.append(r)
-    for data, model, method in sweeps or {}:
-        if not any(k[:3] == (data, model, method) for k in groups):
-            key = (data, model, method, method == "oracle")
-            groups[key] = Group(*key)
-
+    groups = _group_runs(runs, sweeps)
     for g in groups.values():
-        if expected_seeds is not None and g.model not in MODEL_FREE:  # the classical row: seedless
-            exp = set(expected_seeds)
-        else:
-            exp = {r.seed for r in g.runs if r.seed is not None}
-            exp |= (sweeps or {}).get((g.data, g.model, g.method), set())
-        by_seed: dict[int | None, list[Run]] = {}
-        for r in g.runs:
-            by_seed.setdefault(r.seed, []).append(r)
-        for seed, rs in sorted(by_seed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
-            if seed is not None and seed not in exp:
-                g.ignored.append(seed)
-                continue
-            done = sorted((r for r in rs if r.complete), key=lambda r: r.mtime)
-            if seed is None:  # cannot tell seeds apart: count each run, but say so
-                g.used.extend(done)
-                if done:
-                    g.notes.append(
-                        f"{len(done)} complete run(s) without a seed: "
-                        + "; ".join(str(r.run_dir) for r in done)
-                    )
-                for r in rs:
-                    if not r.complete:
-                        g.failed[None] = r.error or r.status
-                continue
-            if done:
-                g.used.append(done[-1])
-                if len(done) > 1:
-                    g.duplicates[seed] = len(done)
-            else:
-                newest = max(rs, key=lambda r: r.mtime)
-                g.failed[seed] = newest.error or newest.status
-        g.missing = sorted(exp - {r.seed for r in g.runs if r.seed is not None})
-        g.expected = sorted(exp)
-
+        _assign_seeds(g, _expected(g, expected_seeds, sweeps))
         for dom in DOMAINS:
             for m in METRICS:
                 g.stats[(dom, m)] = _stat([(r.seed, r.metrics[(dom, m)]) for r in g.used])
-
         # notes, most important first
-        if g.missing:
-            g.notes.append(
-                f"seed(s) {_fmt_seeds(g.missing)} missing (no results.json of a full run)"
-            )
-        for seed, err in sorted(g.failed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
-            first = (err or "").strip().splitlines()[0][:160] if err else "no error message"
-            g.notes.append(f"seed {'?' if seed is None else seed} failed: {first}")
-        for seed, k in sorted(g.duplicates.items()):
-            g.notes.append(f"seed {seed}: {k} complete results found, the newest is used")
-        if g.ignored:
-            g.notes.append(f"seed(s) {_fmt_seeds(g.ignored)} outside the expected seeds, ignored")
-        n_src = g.stats[("source", "acc")].n
-        n_tgt = g.stats[("target", "acc")].n
-        if g.used and n_tgt < n_src:
-            g.notes.append(
-                f"target accuracy available for {n_tgt} of {n_src} runs (target labels absent)"
-            )
-        configs = {r.config_overrides for r in g.used}
-        if len(configs) > 1:
-            shown = " | ".join(" ".join(c) or "(defaults)" for c in sorted(configs))
-            g.notes.append(f"averaged runs differ in configuration: {shown}")
-        measured = [r.raw["measured_fraction"] for r in g.used if r.raw.get("measured_fraction")]
-        if measured:
-            g.notes.append(
-                "statmorph measured "
-                + ", ".join(
-                    f"{d} {100 * float(m.get(d, m) if isinstance(m, dict) else m):.2f} %"
-                    for m in measured[:1]
-                    for d in (("source", "target") if isinstance(m, dict) else ("all",))
-                )
-                + " of the stamps (failed stamps get the training medians, flagged)"
-            )
-        commits = {r.raw.get("git_commit") for r in g.used if r.raw.get("git_commit")}
-        if len(commits) > 1:
-            g.notes.append(f"runs come from {len(commits)} different git commits")
-        if g.uses_target_labels and g.method != "oracle":  # the oracle row label says it already
-            monitors = sorted({str((r.raw.get("selection") or {}).get("monitor")) for r in g.runs})
-            g.notes.append(
-                "used target labels (selection monitor: "
-                + ", ".join(monitors)
-                + "): not comparable with label-free rows"
-            )
-
+        g.notes += _seed_notes(g) + _provenance_notes(g)
     return sorted(
         groups.values(),
         key=lambda g: (
