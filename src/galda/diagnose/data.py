@@ -71,27 +71,10 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
     return {"p01": q[0], "p16": q[1], "p50": q[2], "p84": q[3], "p99": q[4]}
 
 
-def diagnose_data(
-    source_path: str | Path,
-    target_path: str | Path,
-    out: str | Path,
-    seed: int = 0,
-    n_permutations: int = 1000,
-    max_per_group: int = 1000,
-    max_images: int = 1000,
-    factor: int = 5,
-) -> dict[str, Any]:
-    """Measure the domain shift between two domain files; write the JSON and the figure.
-
-    Args:
-        seed: seeds the galaxy halves, the subsamples and the permutations.
-        n_permutations: permutations of the MMD test (the smallest attainable p is 1/(1+P)).
-        max_per_group: images per group in the MMD test and the domain classifier.
-        max_images: images per domain for the histograms and power spectra.
-        factor: block size of the pixel embedding (see :func:`stats.pixel_embedding`).
-    """
-    started = time.time()
-    out = Path(out)
+def _read_pair(
+    source_path: str | Path, target_path: str | Path
+) -> tuple[dict[str, DomainData], list[str]]:
+    """Both domain files (same image shape required) and the band names."""
     data = {"source": _read(Path(source_path)), "target": _read(Path(target_path))}
     shapes = {d: data[d].images.shape[1:] for d in DOMAINS}
     if shapes["source"] != shapes["target"]:
@@ -101,42 +84,55 @@ def diagnose_data(
         )
     n_bands = shapes["source"][0]
     bands = data["source"].attrs.get("band_names") or [f"band{b}" for b in range(n_bands)]
-    bands = [str(b) for b in bands][:n_bands]
-    rng = np.random.default_rng(seed)
+    return data, [str(b) for b in bands][:n_bands]
 
-    # Per-band distributions on a subsample of each domain.
-    sub = {d: data[d].images[_subsample(len(data[d]), max_images, rng)] for d in DOMAINS}
-    pooled = np.concatenate([sub["source"], sub["target"]])
-    scales = stats.asinh_scales(pooled)
-    noise = {d: stats.border_noise(sub[d]) for d in DOMAINS}
-    flux = {d: data[d].images.sum(axis=(2, 3), dtype=np.float64) for d in DOMAINS}  # (N, C)
-    spectra = {d: stats.radial_power_spectrum(sub[d]) for d in DOMAINS}
-    per_band: dict[str, Any] = {}
-    for b, band in enumerate(bands):
-        entry: dict[str, Any] = {"asinh_scale": float(scales[b])}
-        for d in DOMAINS:
-            header = data[d].attrs.get("noise_sigma")
-            entry[d] = {
-                "noise_mad_std": float(np.median(noise[d]["mad_std"][:, b])),
-                "noise_clipped_std": float(np.median(noise[d]["clipped_std"][:, b])),
-                "noise_header": (
-                    float(header[b]) if isinstance(header, list) and len(header) > b else None
-                ),
-                "pixel_std": float(sub[d][:, b].std()),
-                "pixel_quantiles": _quantiles(sub[d][:, b].ravel()),
-                "flux_quantiles": _quantiles(flux[d][:, b]),
-                "flux_nonpositive_fraction": float(np.mean(flux[d][:, b] <= 0)),
-            }
-        k, ps = spectra["source"][0], {d: spectra[d][1][b] for d in DOMAINS}
-        entry["power_spectrum"] = {
-            "k_cycles_per_pixel": k.tolist(),
-            **{d: ps[d].tolist() for d in DOMAINS},
+
+def _band_entry(
+    b: int,
+    data: dict[str, DomainData],
+    sub: dict[str, np.ndarray],
+    flux: dict[str, np.ndarray],
+    noise: dict[str, dict[str, np.ndarray]],
+    spectra: dict[str, tuple[np.ndarray, np.ndarray]],
+    scale: float,
+) -> dict[str, Any]:
+    """Band ``b``'s noise, pixel and flux distributions and power spectrum, per domain."""
+    entry: dict[str, Any] = {"asinh_scale": float(scale)}
+    for d in DOMAINS:
+        header = data[d].attrs.get("noise_sigma")
+        entry[d] = {
+            "noise_mad_std": float(np.median(noise[d]["mad_std"][:, b])),
+            "noise_clipped_std": float(np.median(noise[d]["clipped_std"][:, b])),
+            "noise_header": (
+                float(header[b]) if isinstance(header, list) and len(header) > b else None
+            ),
+            "pixel_std": float(sub[d][:, b].std()),
+            "pixel_quantiles": _quantiles(sub[d][:, b].ravel()),
+            "flux_quantiles": _quantiles(flux[d][:, b]),
+            "flux_nonpositive_fraction": float(np.mean(flux[d][:, b] <= 0)),
         }
-        per_band[band] = entry
+    k, ps = spectra["source"][0], {d: spectra[d][1][b] for d in DOMAINS}
+    entry["power_spectrum"] = {
+        "k_cycles_per_pixel": k.tolist(),
+        **{d: ps[d].tolist() for d in DOMAINS},
+    }
+    return entry
 
-    # Two-sample tests on disjoint galaxies: source from one half of the galaxies, target from the
-    # other, so the paired images of one galaxy never sit on both sides.
-    emb = {d: stats.pixel_embedding(data[d].images, scales, factor) for d in DOMAINS}
+
+def _two_sample_tests(
+    data: dict[str, DomainData],
+    emb: dict[str, np.ndarray],
+    seed: int,
+    rng: np.random.Generator,
+    n_permutations: int,
+    max_per_group: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """MMD test and proxy A-distance: source vs target and each domain's two halves.
+
+    Groups hold disjoint galaxies: source from one half of the galaxies, target from the other,
+    so the paired images of one galaxy never sit on both sides. Returns the results and the MMD
+    permutation nulls.
+    """
     halves = {d: stats.galaxy_halves(data[d].galaxy_id, seed) for d in DOMAINS}
     groups = {
         "source_vs_target": (("source", 0), ("target", 1)),
@@ -163,12 +159,50 @@ def diagnose_data(
             mmd.p_value,
             a_dist["a_distance"],
         )
+    return tests, nulls
 
+
+def diagnose_data(
+    source_path: str | Path,
+    target_path: str | Path,
+    out: str | Path,
+    seed: int = 0,
+    n_permutations: int = 1000,
+    max_per_group: int = 1000,
+    max_images: int = 1000,
+    factor: int = 5,
+) -> dict[str, Any]:
+    """Measure the domain shift between two domain files; write the JSON and the figure.
+
+    Args:
+        seed: seeds the galaxy halves, the subsamples and the permutations.
+        n_permutations: permutations of the MMD test (the smallest attainable p is 1/(1+P)).
+        max_per_group: images per group in the MMD test and the domain classifier.
+        max_images: images per domain for the histograms and power spectra.
+        factor: block size of the pixel embedding (see :func:`stats.pixel_embedding`).
+    """
+    started = time.time()
+    out = Path(out)
+    data, bands = _read_pair(source_path, target_path)
+    rng = np.random.default_rng(seed)
+
+    # Per-band distributions on a subsample of each domain.
+    sub = {d: data[d].images[_subsample(len(data[d]), max_images, rng)] for d in DOMAINS}
+    scales = stats.asinh_scales(np.concatenate([sub["source"], sub["target"]]))
+    noise = {d: stats.border_noise(sub[d]) for d in DOMAINS}
+    flux = {d: data[d].images.sum(axis=(2, 3), dtype=np.float64) for d in DOMAINS}  # (N, C)
+    spectra = {d: stats.radial_power_spectrum(sub[d]) for d in DOMAINS}
+    per_band = {
+        band: _band_entry(b, data, sub, flux, noise, spectra, scales[b])
+        for b, band in enumerate(bands)
+    }
+    emb = {d: stats.pixel_embedding(data[d].images, scales, factor) for d in DOMAINS}
+    tests, nulls = _two_sample_tests(data, emb, seed, rng, n_permutations, max_per_group)
     result = {
         "source": str(source_path),
         "target": str(target_path),
         "n_images": {d: len(data[d]) for d in DOMAINS},
-        "image_shape": list(shapes["source"]),
+        "image_shape": list(data["source"].images.shape[1:]),
         "bands": bands,
         "seed": seed,
         "embedding": {
@@ -187,75 +221,61 @@ def diagnose_data(
     return result
 
 
-def _figure(
-    result: dict[str, Any],
-    sub: dict[str, np.ndarray],
-    flux: dict[str, np.ndarray],
-    scales: np.ndarray,
-    nulls: dict[str, np.ndarray],
-    out: Path,
+def _pixel_panel(ax: Any, sub: dict[str, np.ndarray], b: int, band: str, s: float) -> None:
+    """Histograms of asinh-stretched pixel values of band ``b``, per domain."""
+    stretched = {d: np.arcsinh(sub[d][:, b].ravel() / s) for d in DOMAINS}
+    lo = min(np.percentile(v, 0.01) for v in stretched.values())
+    hi = max(v.max() for v in stretched.values())
+    edges = np.linspace(lo, hi, 81)
+    for d in DOMAINS:
+        ax.hist(
+            stretched[d],
+            bins=edges,
+            histtype="step",
+            color=COLOURS[d],
+            label=d,
+            density=True,
+            log=True,
+        )
+    ax.set_title(f"{band}: pixel values")
+    ax.set_xlabel(f"asinh(pixel / {s:.3g})")
+    ax.legend(fontsize=8)
+
+
+def _flux_panel(
+    ax: Any, flux: dict[str, np.ndarray], entry: dict[str, Any], b: int, band: str
 ) -> None:
-    import matplotlib
+    """Histograms of log10 stamp flux of band ``b`` (positive fluxes; the rest counted)."""
+    positive = {d: flux[d][:, b][flux[d][:, b] > 0] for d in DOMAINS}
+    logflux = {d: np.log10(v) for d, v in positive.items() if len(v)}
+    if logflux:
+        edges = np.linspace(
+            min(np.percentile(v, 0.5) for v in logflux.values()),
+            max(v.max() for v in logflux.values()),
+            41,
+        )
+        for d, v in logflux.items():
+            ax.hist(v, bins=edges, histtype="step", color=COLOURS[d], label=d)
+    nonpos = ", ".join(f"{d} {100 * entry[d]['flux_nonpositive_fraction']:.1f}%" for d in DOMAINS)
+    ax.set_title(f"{band}: stamp flux (sum)")
+    ax.set_xlabel(f"log10 flux [file units]  (≤ 0: {nonpos})", fontsize=8)
+
+
+def _spectrum_panel(ax: Any, ps: dict[str, Any], band: str) -> None:
     import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    for d in DOMAINS:
+        ax.loglog(ps["k_cycles_per_pixel"], np.clip(ps[d], 1e-30, None), color=COLOURS[d], label=d)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_title(f"{band}: radial power spectrum")
+    ax.set_xlabel("k [cycles / pixel]")
+    ax.set_ylabel("P(k)")
 
+
+def _noise_panel(ax: Any, result: dict[str, Any]) -> None:
+    """Border-noise estimate per band and domain, with the file header's sigma if given."""
     bands = result["bands"]
-    nb = len(bands)
-    fig, axes = plt.subplots(4, max(nb, 3), figsize=(3.6 * max(nb, 3), 12.5), squeeze=False)
-    for b, band in enumerate(bands):
-        s = scales[b]
-        ax = axes[0, b]
-        stretched = {d: np.arcsinh(sub[d][:, b].ravel() / s) for d in DOMAINS}
-        lo = min(np.percentile(v, 0.01) for v in stretched.values())
-        hi = max(v.max() for v in stretched.values())
-        edges = np.linspace(lo, hi, 81)
-        for d in DOMAINS:
-            ax.hist(
-                stretched[d],
-                bins=edges,
-                histtype="step",
-                color=COLOURS[d],
-                label=d,
-                density=True,
-                log=True,
-            )
-        ax.set_title(f"{band}: pixel values")
-        ax.set_xlabel(f"asinh(pixel / {s:.3g})")
-        ax.legend(fontsize=8)
-
-        ax = axes[1, b]
-        positive = {d: flux[d][:, b][flux[d][:, b] > 0] for d in DOMAINS}
-        logflux = {d: np.log10(v) for d, v in positive.items() if len(v)}
-        if logflux:
-            edges = np.linspace(
-                min(np.percentile(v, 0.5) for v in logflux.values()),
-                max(v.max() for v in logflux.values()),
-                41,
-            )
-            for d, v in logflux.items():
-                ax.hist(v, bins=edges, histtype="step", color=COLOURS[d], label=d)
-        nonpos = ", ".join(
-            f"{d} {100 * result['per_band'][band][d]['flux_nonpositive_fraction']:.1f}%"
-            for d in DOMAINS
-        )
-        ax.set_title(f"{band}: stamp flux (sum)")
-        ax.set_xlabel(f"log10 flux [file units]  (≤ 0: {nonpos})", fontsize=8)
-
-        ax = axes[2, b]
-        ps = result["per_band"][band]["power_spectrum"]
-        for d in DOMAINS:
-            ax.loglog(
-                ps["k_cycles_per_pixel"], np.clip(ps[d], 1e-30, None), color=COLOURS[d], label=d
-            )
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_title(f"{band}: radial power spectrum")
-        ax.set_xlabel("k [cycles / pixel]")
-        ax.set_ylabel("P(k)")
-
-    ax = axes[3, 0]
-    x = np.arange(nb)
+    x = np.arange(len(bands))
     for i, d in enumerate(DOMAINS):
         vals = [result["per_band"][band][d]["noise_mad_std"] for band in bands]
         ax.bar(x + (i - 0.5) * 0.38, vals, width=0.38, color=COLOURS[d], label=f"{d} (border MAD)")
@@ -275,7 +295,8 @@ def _figure(
     ax.set_ylabel("σ [file units / pixel]")
     ax.legend(fontsize=7)
 
-    ax = axes[3, 1]
+
+def _nulls_panel(ax: Any, result: dict[str, Any], nulls: dict[str, np.ndarray]) -> None:
     for name, colour in zip(nulls, ("tab:red", "tab:blue", "tab:orange")):
         t = result["tests"][name]["mmd"]
         ax.hist(nulls[name], bins=40, histtype="step", color=colour, label=name.replace("_", " "))
@@ -284,7 +305,8 @@ def _figure(
     ax.set_title("MMD²: permutation nulls, observed dashed")
     ax.legend(fontsize=7)
 
-    ax = axes[3, 2]
+
+def _tests_text(ax: Any, result: dict[str, Any]) -> None:
     ax.axis("off")
     lines = ["Two-sample tests (disjoint galaxies)", ""]
     for name, t in result["tests"].items():
@@ -301,6 +323,32 @@ def _figure(
     ax.text(
         0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=8, transform=ax.transAxes
     )
+
+
+def _figure(
+    result: dict[str, Any],
+    sub: dict[str, np.ndarray],
+    flux: dict[str, np.ndarray],
+    scales: np.ndarray,
+    nulls: dict[str, np.ndarray],
+    out: Path,
+) -> None:
+    """One column per band (pixels, flux, power spectrum), then noise, MMD nulls and test text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bands = result["bands"]
+    nb = len(bands)
+    fig, axes = plt.subplots(4, max(nb, 3), figsize=(3.6 * max(nb, 3), 12.5), squeeze=False)
+    for b, band in enumerate(bands):
+        _pixel_panel(axes[0, b], sub, b, band, scales[b])
+        _flux_panel(axes[1, b], flux, result["per_band"][band], b, band)
+        _spectrum_panel(axes[2, b], result["per_band"][band]["power_spectrum"], band)
+    _noise_panel(axes[3, 0], result)
+    _nulls_panel(axes[3, 1], result, nulls)
+    _tests_text(axes[3, 2], result)
     for extra in axes[:3, nb:].ravel():
         extra.axis("off")
     fig.suptitle(f"Domain shift: {result['source']}  vs  {result['target']}", fontsize=10)

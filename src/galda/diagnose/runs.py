@@ -287,6 +287,83 @@ def _label(results: dict[str, Any], names: list[str]) -> str:
     return base if base not in names else f"{base} #{len(names)}"
 
 
+def _run_record(
+    run_dir: Path,
+    results: dict[str, Any],
+    sets: dict[str, TestSet],
+    feats: dict[str, np.ndarray],
+    probs: dict[str, np.ndarray],
+    clf: dict[str, Any],
+    examples: dict[str, list[int]],
+) -> dict[str, Any]:
+    """One run's entry in the JSON summary."""
+    return {
+        "run_dir": str(run_dir),
+        "checkpoint": results["checkpoint_used"],
+        "method": results.get("method"),
+        "model": results.get("model"),
+        "seed": results.get("seed"),
+        "feature_dim": int(feats["source"].shape[1]),
+        "n_test": {d: len(feats[d]) for d in DOMAINS},
+        "test_accuracy_recorded": {d: results.get(f"test/{d}/acc") for d in DOMAINS},
+        "test_accuracy_recomputed": {
+            d: float(np.mean((probs[d] > 0.5) == sets[d].labels))
+            for d in DOMAINS
+            if sets[d].labels is not None
+        },
+        "domain_classifier": clf,
+        "saliency_examples": {
+            d: [
+                {
+                    "row": int(sets[d].rows[i]),
+                    "label": _label_at(sets[d].labels, i),
+                    "p_merger": float(probs[d][i]),
+                }
+                for i in examples[d]
+            ]
+            for d in DOMAINS
+        },
+    }
+
+
+def _diagnose_run(
+    run_dir: Path,
+    names: list[str],
+    seed: int,
+    projection: str,
+    n_examples: int,
+    data_dir: str | Path | None,
+    device: str,
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """One run's name (unique among ``names``), JSON entry and figure panel."""
+    module, cfg, results = load_run_model(run_dir, data_dir)
+    sets = test_sets(cfg, run_dir)
+    feats, probs = {}, {}
+    for d in DOMAINS:
+        feats[d], probs[d] = features_and_probs(module, sets[d].images, device=device)
+    clf = domain_classifier(feats, {d: sets[d].galaxy_id for d in DOMAINS}, seed)
+    xy = project(np.concatenate([feats[d] for d in DOMAINS]), projection, seed)
+    examples = pick_examples(sets, n_examples, seed)
+    maps = {d: saliency(module, sets[d].images[examples[d]]) for d in DOMAINS}
+    name = _label(results, names)
+    record = _run_record(run_dir, results, sets, feats, probs, clf, examples)
+    panel = {
+        "name": name,
+        "xy": xy,
+        "n_source": len(feats["source"]),
+        "labels": {d: sets[d].labels for d in DOMAINS},
+        "clf": clf,
+        "results": results,
+        "images": {d: sets[d].images[examples[d]].numpy() for d in DOMAINS},
+        "maps": maps,
+        "examples": examples,
+        "probs": probs,
+        "example_labels": {d: _labels_at(sets[d].labels, examples[d]) for d in DOMAINS},
+    }
+    log.info("%s: domain-classifier accuracy on test features %.3f", name, clf["heldout_accuracy"])
+    return name, record, panel
+
+
 def diagnose_runs(
     run_dirs: Sequence[str | Path],
     out: str | Path,
@@ -302,61 +379,11 @@ def diagnose_runs(
     per_run: dict[str, Any] = {}
     panels: list[dict[str, Any]] = []
     for run_dir in map(Path, run_dirs):
-        module, cfg, results = load_run_model(run_dir, data_dir)
-        sets = test_sets(cfg, run_dir)
-        feats, probs = {}, {}
-        for d in DOMAINS:
-            feats[d], probs[d] = features_and_probs(module, sets[d].images, device=device)
-        clf = domain_classifier(feats, {d: sets[d].galaxy_id for d in DOMAINS}, seed)
-        xy = project(np.concatenate([feats[d] for d in DOMAINS]), projection, seed)
-        examples = pick_examples(sets, n_examples, seed)
-        maps = {d: saliency(module, sets[d].images[examples[d]]) for d in DOMAINS}
-        name = _label(results, list(per_run))
-        per_run[name] = {
-            "run_dir": str(run_dir),
-            "checkpoint": results["checkpoint_used"],
-            "method": results.get("method"),
-            "model": results.get("model"),
-            "seed": results.get("seed"),
-            "feature_dim": int(feats["source"].shape[1]),
-            "n_test": {d: len(feats[d]) for d in DOMAINS},
-            "test_accuracy_recorded": {d: results.get(f"test/{d}/acc") for d in DOMAINS},
-            "test_accuracy_recomputed": {
-                d: float(np.mean((probs[d] > 0.5) == sets[d].labels))
-                for d in DOMAINS
-                if sets[d].labels is not None
-            },
-            "domain_classifier": clf,
-            "saliency_examples": {
-                d: [
-                    {
-                        "row": int(sets[d].rows[i]),
-                        "label": _label_at(sets[d].labels, i),
-                        "p_merger": float(probs[d][i]),
-                    }
-                    for i in examples[d]
-                ]
-                for d in DOMAINS
-            },
-        }
-        panels.append(
-            {
-                "name": name,
-                "xy": xy,
-                "n_source": len(feats["source"]),
-                "labels": {d: sets[d].labels for d in DOMAINS},
-                "clf": clf,
-                "results": results,
-                "images": {d: sets[d].images[examples[d]].numpy() for d in DOMAINS},
-                "maps": maps,
-                "examples": examples,
-                "probs": probs,
-                "example_labels": {d: _labels_at(sets[d].labels, examples[d]) for d in DOMAINS},
-            }
+        name, record, panel = _diagnose_run(
+            run_dir, list(per_run), seed, projection, n_examples, data_dir, device
         )
-        log.info(
-            "%s: domain-classifier accuracy on test features %.3f", name, clf["heldout_accuracy"]
-        )
+        per_run[name] = record
+        panels.append(panel)
     summary = {
         "projection": projection,
         "seed": seed,
