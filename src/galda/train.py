@@ -11,7 +11,7 @@ import platform
 import re
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import pytorch_lightning as pl
 import torch
@@ -192,28 +192,33 @@ def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k.startswith(prefix)}
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train and test one configuration; return the results dictionary (also written to disk)."""
-    run_dir = Path(cfg.paths.output_dir)
-    if cfg.get("skip_completed", True) and res.is_complete(run_dir):
-        stored = res.read_results(run_dir)
-        reason = rerun_reason(stored, cfg)
-        if reason is None:
-            log.info(
-                "Skipping %s: results.json is already complete for this config and code", run_dir
-            )
-            return stored
-        log.warning("Re-running %s: %s", run_dir, reason)
-        _set_aside(run_dir)
+def _stored_results(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The run folder's complete ``results.json`` if it is still valid for ``cfg``, else None.
 
-    preflight_config(cfg)  # settings that need no data: before anything is read or written
-    started = time.time()
-    commit = res.git_commit()  # at the start: the code this run trains with
-    pl.seed_everything(int(cfg.seed), workers=True)
-    meta = identity(cfg)
-    if _method_class(cfg).uses_target_labels:
-        log.warning("This run trains on TARGET LABELS (a ceiling row); its results are marked ‡.")
+    A complete but outdated result (other config or code) is set aside for the rerun.
+    """
+    if not (cfg.get("skip_completed", True) and res.is_complete(run_dir)):
+        return None
+    stored = res.read_results(run_dir)
+    reason = rerun_reason(stored, cfg)
+    if reason is None:
+        log.info("Skipping %s: results.json is already complete for this config and code", run_dir)
+        return stored
+    log.warning("Re-running %s: %s", run_dir, reason)
+    _set_aside(run_dir)
+    return None
 
+
+class _Setup(NamedTuple):
+    datamodule: Any  # galda.data.DomainAdaptationDataModule
+    module: MergerClassifier
+    trainer: pl.Trainer
+    callbacks: list[Any]
+    loggers: list[Any]
+
+
+def _set_up(cfg: DictConfig, run_dir: Path) -> _Setup:
+    """Data (made if missing, checked against the config), module, callbacks, loggers, trainer."""
     ensure_data(cfg.data)
     datamodule = instantiate(datamodule_config(cfg.data), _convert_="all")
     preflight(cfg, datamodule)  # the config against the files on disk, before any training
@@ -230,7 +235,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return _Setup(datamodule, module, trainer, callbacks, loggers)
 
+
+class _Outcome(NamedTuple):
+    best: str | None  # the selected checkpoint
+    best_score: float | None  # its monitor value
+    temperature: float | None
+    test: dict[str, float]
+    val: dict[str, float]
+
+
+def _fit_and_test(cfg: DictConfig, run_dir: Path, s: _Setup) -> _Outcome:
+    """Fit (resuming if asked), calibrate, test and re-validate the selected checkpoint."""
+    trainer, module, datamodule = s.trainer, s.module, s.datamodule
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg, run_dir))
         ckpt_cb = trainer.checkpoint_callback  # typed Checkpoint; galda's is a ModelCheckpoint
@@ -245,53 +263,81 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         val_metrics = _scalars(trainer.callback_metrics, "val/")
     finally:
-        _finish_wandb(loggers)
-
-    smoke = smoke_reasons(OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
-    monitor = meta["selection"]["monitor"]
+        _finish_wandb(s.loggers)
     best_score = (
         float(ckpt_cb.best_model_score)
         if isinstance(ckpt_cb, ModelCheckpoint) and ckpt_cb.best_model_score is not None
         else None
     )
-    meta["selection"]["best_score"] = best_score
-    predictions = next(cb for cb in callbacks if isinstance(cb, PredictionWriter)).arrays
-    results: dict[str, Any] = {
+    return _Outcome(best, best_score, temperature, test_metrics, val_metrics)
+
+
+def _results(
+    cfg: DictConfig,
+    run_dir: Path,
+    meta: dict[str, Any],
+    s: _Setup,
+    o: _Outcome,
+    started: float,
+    commit: str | None,
+) -> dict[str, Any]:
+    """The ``results.json`` content of a finished run (schema in :mod:`galda.results`)."""
+    smoke = smoke_reasons(OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
+    monitor = meta["selection"]["monitor"]
+    meta["selection"]["best_score"] = o.best_score
+    predictions = next(cb for cb in s.callbacks if isinstance(cb, PredictionWriter)).arrays
+    return {
         "status": "smoke" if smoke else "complete",
         "smoke_reasons": smoke,
         "error": None,
         **meta,
-        "epochs_run": int(trainer.current_epoch),
-        "best_epoch": _best_epoch(best),
-        monitor: best_score,
-        **test_metrics,
-        "validation": val_metrics,
+        "epochs_run": int(s.trainer.current_epoch),
+        "best_epoch": _best_epoch(o.best),
+        monitor: o.best_score,
+        **o.test,
+        "validation": o.val,
         "validators": {
-            k.rsplit("/", 1)[-1]: v
-            for k, v in val_metrics.items()
-            if k.startswith("val/validator/")
+            k.rsplit("/", 1)[-1]: v for k, v in o.val.items() if k.startswith("val/validator/")
         },
         "confusion": {
             d: binary_confusion(predictions[f"{d}_probs"], predictions[f"{d}_labels"])
             for d in ("source", "target")
             if f"{d}_labels" in predictions
         },
-        "split_sizes": datamodule.split_sizes,
-        "normalisation": datamodule.stats,
+        "split_sizes": s.datamodule.split_sizes,
+        "normalisation": s.datamodule.stats,
         "wall_time_s": round(time.time() - started, 2),
         "started_at": started,
         "finished_at": time.time(),
-        "device": _device_name(trainer),
+        "device": _device_name(s.trainer),
         "git_commit": commit,
         "versions": res.package_versions(),
         "run_dir": str(run_dir.resolve()),
-        "checkpoint": best,
-        "temperature": temperature,
+        "checkpoint": o.best,
+        "temperature": o.temperature,
         "predictions": res.PREDICTIONS_FILE,
         "overrides": _task_overrides(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    if trainer.is_global_zero:
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and test one configuration; return the results dictionary (also written to disk)."""
+    run_dir = Path(cfg.paths.output_dir)
+    stored = _stored_results(cfg, run_dir)
+    if stored is not None:
+        return stored
+    preflight_config(cfg)  # settings that need no data: before anything is read or written
+    started = time.time()
+    commit = res.git_commit()  # at the start: the code this run trains with
+    pl.seed_everything(int(cfg.seed), workers=True)
+    meta = identity(cfg)
+    if _method_class(cfg).uses_target_labels:
+        log.warning("This run trains on TARGET LABELS (a ceiling row); its results are marked ‡.")
+    setup = _set_up(cfg, run_dir)
+    outcome = _fit_and_test(cfg, run_dir, setup)
+    results = _results(cfg, run_dir, meta, setup, outcome, started, commit)
+    if setup.trainer.is_global_zero:
         res.write_results(run_dir, results)
     return results
 
