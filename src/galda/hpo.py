@@ -173,15 +173,9 @@ class OptunaSweeper(Sweeper):
             return optuna.samplers.RandomSampler(seed=self.seed + offset)
         raise GaldaError(f"hydra.sweeper.sampler={self.sampler_name}: use tpe or random")
 
-    def sweep(self, arguments: list[str]) -> list[Any]:
-        try:
-            import optuna
-        except ImportError as err:
-            raise GaldaError(
-                "hydra/sweeper=galda_optuna needs Optuna: pip install 'galda[hpo]'"
-            ) from err
-
-        assert self.config is not None and self.launcher is not None
+    def _monitor(self) -> str:
+        """The objective (``selection.monitor``); target-label monitors only when allowed."""
+        assert self.config is not None
         monitor = str(OmegaConf.select(self.config, "selection.monitor", default=""))
         if "/target/" in monitor and not self.allow_target_labels:
             raise GaldaError(
@@ -189,17 +183,20 @@ class OptunaSweeper(Sweeper):
                 "search needs a validator (val/validator/<name>), or set "
                 "hydra.sweeper.allow_target_labels=true (results marked ‡)"
             )
-        study_direction = optuna_direction(self.direction, monitor)
-        args = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
-        distributions, fixed = search_space(args)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        return monitor
+
+    def _open_study(
+        self, monitor: str, direction: Literal["maximize", "minimize"]
+    ) -> tuple[Any, int]:
+        """Create or resume the study (and say how many trials it already has); its sampler is
+        seeded by that number."""
+        import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
             study_name=self.study_name,
             storage=self.storage,
-            direction=study_direction,
+            direction=direction,
             load_if_exists=True,
         )
         previous = len(study.trials)
@@ -215,9 +212,19 @@ class OptunaSweeper(Sweeper):
             self.storage,
             previous,
             monitor,
-            study_direction,
+            direction,
             self.n_trials,
         )
+        return study, previous
+
+    def _run_trials(
+        self, study: Any, previous: int, distributions: dict, fixed: dict, sweep_dir: Path
+    ) -> list[Any]:
+        """Ask, launch and tell ``n_trials`` trials, ``n_jobs`` at a time; return the job returns.
+
+        Stops with :class:`GaldaError` once the failed fraction exceeds ``max_failure_rate``.
+        """
+        import optuna
 
         returns: list[Any] = []
         failed = 0
@@ -249,6 +256,25 @@ class OptunaSweeper(Sweeper):
                     f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: "
                     f"{failed} of {launched} trials failed; see their results.json"
                 )
+        return returns
+
+    def sweep(self, arguments: list[str]) -> list[Any]:
+        try:
+            import optuna  # noqa: F401 - only to say how to install it
+        except ImportError as err:
+            raise GaldaError(
+                "hydra/sweeper=galda_optuna needs Optuna: pip install 'galda[hpo]'"
+            ) from err
+
+        assert self.config is not None and self.launcher is not None
+        monitor = self._monitor()
+        study_direction = optuna_direction(self.direction, monitor)
+        args = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        distributions, fixed = search_space(args)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        study, previous = self._open_study(monitor, study_direction)
+        returns = self._run_trials(study, previous, distributions, fixed, sweep_dir)
         summary = summarise(study, monitor, target_objective="/target/" in monitor)
         from galda.results import atomic_write_text
 
