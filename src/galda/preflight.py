@@ -240,9 +240,9 @@ def method_uses_target_labels(cfg: Any) -> bool:
     return bool(flag)
 
 
-def _config_problems(cfg: Any) -> list[GaldaError]:
+def _value_problems(cfg: Any) -> list[GaldaError]:
+    """Seed, batch size, workers, learning rate and transfer weight out of their ranges."""
     problems: list[GaldaError] = []
-
     seed = _get(cfg, "seed")
     s = _integer(seed)
     if s is None or not 0 <= s < 2**32:
@@ -276,7 +276,12 @@ def _config_problems(cfg: Any) -> list[GaldaError]:
     tw = _get(cfg, "method.module.transfer_weight")
     if tw is not None and (_number(tw) is None or _number(tw) < 0):  # type: ignore[operator]
         problems.append(ConfigError(f"method.module.transfer_weight={tw}: must be 0 or more"))
+    return problems
 
+
+def _epoch_problems(cfg: Any) -> list[GaldaError]:
+    """``trainer.max_epochs`` (and ``min_epochs``) that would never end or never start."""
+    problems: list[GaldaError] = []
     max_epochs = _get(cfg, "trainer.max_epochs")
     max_steps = _integer(_get(cfg, "trainer.max_steps"))
     if max_epochs is not None:
@@ -304,9 +309,12 @@ def _config_problems(cfg: Any) -> list[GaldaError]:
                         f"trainer.max_epochs={e}; lower trainer.min_epochs"
                     )
                 )
+    return problems
 
+
+def _config_problems(cfg: Any) -> list[GaldaError]:
+    problems = _value_problems(cfg) + _epoch_problems(cfg)
     problems += _split_fraction_problems(_get(cfg, "data.split_fractions"))
-
     target = _get(cfg, "method.module._target_")
     if target and _method_class(cfg) is None:
         problems.append(
@@ -315,7 +323,6 @@ def _config_problems(cfg: Any) -> list[GaldaError]:
                 "method's config file (conf/method/)"
             )
         )
-
     problems += _check_monitor(cfg)
     return problems
 
