@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from galda.ingest.errors import IngestError
 
@@ -77,15 +78,7 @@ def _common(p: argparse.ArgumentParser, single: bool) -> None:
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Convert images to galda domain files (HDF5).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_deepmerge(sub: Any) -> None:
     p = sub.add_parser(
         "deepmerge",
         help="the public DeepMerge SimSim / SimReal .npy files",
@@ -102,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p, single=False)
 
+
+def _add_npy(sub: Any) -> None:
     p = sub.add_parser(
         "npy",
         help="a generic images .npy with optional labels / galaxy ids",
@@ -118,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p, single=True)
 
+
+def _add_fits(sub: Any) -> None:
     p = sub.add_parser(
         "fits",
         help="a FITS cube, or a folder of FITS stamps plus a CSV",
@@ -138,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--galaxy-ids", default=None, metavar="IDS.npy", help="ids for a cube, as .npy")
     _common(p, single=True)
 
+
+def _add_hdf5(sub: Any) -> None:
     p = sub.add_parser(
         "hdf5",
         help="datasets of another HDF5 file",
@@ -149,15 +148,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-key", default=None)
     p.add_argument("--galaxy-id-key", default=None)
     _common(p, single=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Convert images to galda domain files (HDF5).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_deepmerge, _add_npy, _add_fits, _add_hdf5):
+        add(sub)
     return parser
+
+
+def _reporter(quiet: bool) -> Callable[[str], None]:
+    """Messages to stderr; with ``quiet`` only a dropped-images count is printed."""
+
+    def report(msg: str) -> None:
+        print(f"{PROG}: {msg}", file=sys.stderr)
+
+    return report if not quiet else (lambda m: report(m) if "dropped" in m else None)
+
+
+def _run_fits(args: argparse.Namespace, meta: dict[str, Any], options: dict[str, Any]) -> None:
+    from galda.ingest import api
+
+    if args.stamps is None:
+        api.ingest_fits_cube(
+            args.cube,
+            args.out,
+            args.domain,
+            labels=args.labels,
+            y=args.y,
+            galaxy_ids=args.galaxy_ids,
+            **meta,
+            **options,
+        )
+        return
+    if args.labels is None:
+        raise IngestError(
+            args.stamps,
+            "--stamps needs --labels LABELS.csv (a filename column, plus label for labelled data)",
+        )
+    if args.y is not None or args.galaxy_ids is not None:
+        raise IngestError(None, "with --stamps, give labels and ids in the CSV")
+    api.ingest_fits_stamps(args.stamps, args.labels, args.out, args.domain, **meta, **options)
 
 
 def _run(args: argparse.Namespace) -> None:
     from galda.ingest import api
     from galda.ingest.deepmerge import ingest_deepmerge
-
-    def report(msg: str) -> None:
-        print(f"{PROG}: {msg}", file=sys.stderr)
 
     options = dict(
         force=args.force,
@@ -165,8 +207,7 @@ def _run(args: argparse.Namespace) -> None:
         size=args.size,
         chunk_size=args.chunk_size,
         progress=not args.quiet,
-        # a dropped-images count is printed even with --quiet
-        report=report if not args.quiet else (lambda m: report(m) if "dropped" in m else None),
+        report=_reporter(args.quiet),
     )
     if args.chunk_size is not None and args.chunk_size < 1:
         raise IngestError(None, "--chunk-size must be at least 1")
@@ -184,29 +225,7 @@ def _run(args: argparse.Namespace) -> None:
             args.x, args.out, args.domain, y=args.y, galaxy_ids=args.galaxy_ids, **meta, **options
         )
     elif args.command == "fits":
-        if args.stamps is not None:
-            if args.labels is None:
-                raise IngestError(
-                    args.stamps,
-                    "--stamps needs --labels LABELS.csv (a filename "
-                    "column, plus label for labelled data)",
-                )
-            if args.y is not None or args.galaxy_ids is not None:
-                raise IngestError(None, "with --stamps, give labels and ids in the CSV")
-            api.ingest_fits_stamps(
-                args.stamps, args.labels, args.out, args.domain, **meta, **options
-            )
-        else:
-            api.ingest_fits_cube(
-                args.cube,
-                args.out,
-                args.domain,
-                labels=args.labels,
-                y=args.y,
-                galaxy_ids=args.galaxy_ids,
-                **meta,
-                **options,
-            )
+        _run_fits(args, meta, options)
     elif args.command == "hdf5":
         api.ingest_hdf5(
             args.file,
