@@ -260,6 +260,47 @@ def _matrix(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([arrays[f] for f in FEATURES], axis=1)
 
 
+def _score_domain(
+    out: dict[str, Any],
+    domain: str,
+    dd: DomainData,
+    x: np.ndarray,
+    ok: np.ndarray,
+    test: np.ndarray,
+    clf: Any,
+) -> None:
+    """Test metrics, confusion and predictions of one labelled domain's test split, into ``out``."""
+    assert dd.labels is not None
+    probs = clf.predict_proba(x[test])[:, 1]
+    for name, value in binary_metrics(probs, dd.labels[test]).items():
+        out[f"test/{domain}/{name}"] = value
+    out["confusion"][domain] = binary_confusion(probs, dd.labels[test])
+    rows = np.flatnonzero(test)
+    out["predictions"].update(
+        {
+            f"{domain}_probs": probs.astype(np.float32),
+            f"{domain}_labels": dd.labels[test].astype(np.int64),
+            f"{domain}_index": rows.astype(np.int64),
+            f"{domain}_galaxy_id": dd.galaxy_id[rows].astype(np.int64),
+            f"{domain}_measured": ok[test],
+        }
+    )
+
+
+def _classifier_summary(clf: Any, medians: np.ndarray, train_size: int) -> dict[str, Any]:
+    lr = clf[-1]
+    return {
+        "model": "logistic regression on standardised (gini, m20, asymmetry), C=1",
+        "features": list(FEATURES),
+        "coef": lr.coef_[0].tolist(),
+        "intercept": float(lr.intercept_[0]),
+        "scaler_mean": clf[0].mean_.tolist(),
+        "scaler_scale": clf[0].scale_.tolist(),
+        "train_size": train_size,
+        "fill_values": dict(zip(FEATURES, medians.tolist())),
+    }
+
+
 def fit_and_score(
     measured: dict[str, dict[str, np.ndarray]],
     data: dict[str, DomainData],
@@ -288,39 +329,14 @@ def fit_and_score(
     clf.fit(x_src[train], y_train)
     out: dict[str, Any] = {"confusion": {}, "predictions": {}, "split_sizes": {}}
     for domain, dd in data.items():
-        x = _matrix(measured[domain])
         ok = measured[domain]["measured"]
-        x = np.where(ok[:, None], x, medians[None, :])
+        x = np.where(ok[:, None], _matrix(measured[domain]), medians[None, :])
         out["split_sizes"][domain] = {s: int(m.sum()) for s, m in masks[domain].items()}
         test = masks[domain]["test"]
         out[f"measured_fraction_test/{domain}"] = float(ok[test].mean()) if test.any() else None
-        if dd.labels is None or not test.any():
-            continue
-        probs = clf.predict_proba(x[test])[:, 1]
-        for name, value in binary_metrics(probs, dd.labels[test]).items():
-            out[f"test/{domain}/{name}"] = value
-        out["confusion"][domain] = binary_confusion(probs, dd.labels[test])
-        rows = np.flatnonzero(test)
-        out["predictions"].update(
-            {
-                f"{domain}_probs": probs.astype(np.float32),
-                f"{domain}_labels": dd.labels[test].astype(np.int64),
-                f"{domain}_index": rows.astype(np.int64),
-                f"{domain}_galaxy_id": dd.galaxy_id[rows].astype(np.int64),
-                f"{domain}_measured": ok[test],
-            }
-        )
-    lr = clf[-1]
-    out["classifier"] = {
-        "model": "logistic regression on standardised (gini, m20, asymmetry), C=1",
-        "features": list(FEATURES),
-        "coef": lr.coef_[0].tolist(),
-        "intercept": float(lr.intercept_[0]),
-        "scaler_mean": clf[0].mean_.tolist(),
-        "scaler_scale": clf[0].scale_.tolist(),
-        "train_size": int(train.sum()),
-        "fill_values": dict(zip(FEATURES, medians.tolist())),
-    }
+        if dd.labels is not None and test.any():
+            _score_domain(out, domain, dd, x, ok, test, clf)
+    out["classifier"] = _classifier_summary(clf, medians, int(train.sum()))
     return out
 
 
@@ -337,6 +353,19 @@ def _data_name(data: DomainData) -> str:
         return str(attrs["preset"])
     assert data.path is not None
     return data.path.parent.name
+
+
+def _flag_counts(measured: dict[str, np.ndarray]) -> dict[str, int]:
+    """How many stamps got each statmorph flag value."""
+    return {str(k): int(v) for k, v in zip(*np.unique(measured["flag"], return_counts=True))}
+
+
+def _feature_medians(measured: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Median of each feature over the measured stamps (None when none was measured)."""
+    return {
+        f: float(np.nanmedian(measured[f])) if measured["measured"].any() else None
+        for f in FEATURES
+    }
 
 
 def run_classical(
@@ -363,10 +392,6 @@ def run_classical(
     scores = fit_and_score(measured, data, split_seed, split_fractions)
     bands = data["source"].attrs.get("band_names")
     band_index = infos["source"]["band_index"]
-    flags = {
-        d: {str(k): int(v) for k, v in zip(*np.unique(measured[d]["flag"], return_counts=True))}
-        for d in data
-    }
     results: dict[str, Any] = {
         "status": "complete",
         "error": None,
@@ -381,14 +406,8 @@ def run_classical(
         **{k: v for k, v in scores.items() if k.startswith("test/")},
         "measured_fraction": {d: float(measured[d]["measured"].mean()) for d in data},
         "measured_fraction_test": {d: scores[f"measured_fraction_test/{d}"] for d in data},
-        "statmorph_flags": flags,
-        "feature_medians": {
-            d: {
-                f: float(np.nanmedian(measured[d][f])) if measured[d]["measured"].any() else None
-                for f in FEATURES
-            }
-            for d in data
-        },
+        "statmorph_flags": {d: _flag_counts(measured[d]) for d in data},
+        "feature_medians": {d: _feature_medians(measured[d]) for d in data},
         "band": bands[band_index] if isinstance(bands, list) else band_index,
         "classifier": scores["classifier"],
         "confusion": scores["confusion"],
