@@ -196,7 +196,7 @@ class MergerClassifier(pl.LightningModule):
             for k, v in values.items()
         }
         self.train_means.update(tensors, weight=float(batch_size))
-        trainer = self.trainer
+        trainer: Any = self.trainer  # log_every_n_steps and fast_dev_run are set at run time
         if trainer.fast_dev_run or (self.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0:
             self.log_dict(
                 {f"{k}_step": v for k, v in tensors.items()}, on_step=True, on_epoch=False
