@@ -213,3 +213,25 @@ def test_train_out_of_core_matches_in_memory(compose_cfg, files, tmp_path):
     metrics = [k for k in memory if k.startswith("test/")]
     assert metrics and all(streamed[k] == memory[k] for k in metrics)
     assert streamed["validation"] == memory["validation"]
+
+
+def test_adabn_reads_streamed_target_images(compose_cfg, files, tmp_path):
+    """bnmix re-estimates target statistics from the whole target training split."""
+    from galda.train import train
+
+    cfg = compose_cfg(
+        "data=tiny",
+        "model=tiny",
+        "method=bnmix",
+        "logger=none",
+        "data.simulate=null",
+        f"data.source_path={files['raw'][0]}",
+        f"data.target_path={files['raw'][1]}",
+        "model.net.in_channels=2",
+        "trainer.fast_dev_run=true",
+        "data.out_of_core=true",
+        run_dir=tmp_path / "run",
+    )
+    results = train(cfg)
+    assert results["status"] == "smoke" and 0 <= results["test/target/acc"] <= 1
+    assert (tmp_path / "run" / "results.json").exists()
