@@ -265,6 +265,7 @@ CASES: dict[str, Callable[[Ctx], tuple[int, str]]] = {
     "files-swapped": _swapped,
     "file-wrong-role": setting(roles=("target", "target")),
     "same-file": _same_file,
+    "out-of-core-on-device": setting("data.out_of_core=true", "data.on_device=true"),
     "paired-sizes-differ": setting(n_target=40),
     "data-missing": _missing_file,
     "checkpoint-corrupt": _corrupt_checkpoint,

@@ -609,6 +609,24 @@ def _ensure_files(paths: dict[str, Path], datamodule: Any) -> None:
         raise DataError(f"{missing[0]}: file not found; set the path, or paths.data_dir")
 
 
+def _storage_problems(cfg: Any, paths: dict[str, Path], datamodule: Any) -> list[GaldaError]:
+    """``data.out_of_core`` resolved for these files, and its conflict with ``data.on_device``."""
+    from galda.data.datamodule import resolve_out_of_core
+
+    try:
+        if hasattr(datamodule, "resolve_out_of_core"):
+            datamodule.resolve_out_of_core()
+        else:
+            resolve_out_of_core(
+                _get(cfg, "data.out_of_core", "auto"),
+                [paths[d] for d in DOMAINS],
+                bool(_get(cfg, "data.on_device", False)),
+            )
+    except GaldaError as err:
+        return [err if isinstance(err, (ConfigError, DataError)) else DataError(str(err))]
+    return []
+
+
 def preflight(cfg: DictConfig | Mapping[str, Any], datamodule: Any = None) -> None:
     """Check the config, then the config against the data files, before any training.
 
@@ -623,6 +641,7 @@ def preflight(cfg: DictConfig | Mapping[str, Any], datamodule: Any = None) -> No
     paths = _datamodule_paths(cfg, datamodule)
     _ensure_files(paths, datamodule)
     files = read_headers(paths)
+    problems += _storage_problems(cfg, paths, datamodule)
     allow_same = bool(_get(cfg, "data.allow_same_file", False))
     problems += _role_problems(files, allow_same)
     problems += _labels_problems(cfg, files)
