@@ -24,7 +24,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from galda.errors import ConfigError, DataError, GaldaError
+from galda.errors import RUN_FOLDER_KEYS, ConfigError, DataError, GaldaError, cannot_write
+from galda.results import probe_writable
 
 log = logging.getLogger("galda")
 
@@ -349,9 +350,29 @@ def _split_fraction_problems(fractions: Any) -> list[GaldaError]:
     return []
 
 
+def _output_problems(cfg: Any) -> list[GaldaError]:
+    """The run folder (and its ``checkpoints/`` when present) must take a write: probed, not
+    guessed, since permissions, read-only mounts and a full disk all show only on writing."""
+    try:
+        folder = _get(cfg, "paths.output_dir")
+    except (OmegaConfBaseException, ValueError):  # ${hydra:...} outside a Hydra app
+        return []
+    if not folder:
+        return []
+    run_dir = Path(str(folder))
+    for path in (run_dir, run_dir / "checkpoints"):
+        if path is run_dir or path.is_dir():
+            try:
+                probe_writable(path)
+            except OSError as err:
+                return [cannot_write(path, err, "the run folder", RUN_FOLDER_KEYS)]
+    return []
+
+
 def preflight_config(cfg: DictConfig | Mapping[str, Any]) -> None:
-    """Check the settings that need no data; raise ConfigError listing every problem found."""
-    _raise(_config_problems(cfg))
+    """Check the settings that need no data, and that the run folder can be written; raise
+    ConfigError (or WriteError) listing every problem found."""
+    _raise(_config_problems(cfg) + _output_problems(cfg))
 
 
 # --------------------------------------------------------------------------- checks with data
