@@ -64,6 +64,8 @@ T_SMALL=${T_SMALL:-90}
 T_BENCH=${T_BENCH:-90}
 T_PACK=${T_PACK:-60}
 T_REPORT=${T_REPORT:-30}
+T_HPO=${T_HPO:-150}
+T_BEST=${T_BEST:-75}
 
 # ---- the runs ---------------------------------------------------------------------------------
 METHODS=${METHODS:-baseline,mmd,dann}
@@ -77,11 +79,14 @@ EPOCHS_R18=${EPOCHS_R18:-10}
 EPOCHS_SMALL=${EPOCHS_SMALL:-30}
 JPG_DM=${JPG_DM:-8}        # jobs per GPU: 30 DeepMerge runs in ~4 waves
 JPG_R18=${JPG_R18:-9}      # all 9 ResNet18 runs at once (~5 GB of GPU memory each)
-JPG_SMALL=${JPG_SMALL:-8}
+JPG_SMALL=${JPG_SMALL:-5}
 SIM_WORKERS=${SIM_WORKERS:-16}
 BENCH_REPEATS=${BENCH_REPEATS:-2}
 PACK_COUNTS=${PACK_COUNTS:-1,2,4,6,8,12}
 PACK_SECONDS=${PACK_SECONDS:-4}
+HPO_TRIALS=${HPO_TRIALS:-20}     # the label-free DANN study (experiment=hpo_dann, objective IM)
+HPO_JOBS=${HPO_JOBS:-10}         # trials launched together: 2 waves (TPE's 10 random start-up trials first)
+BEST_METHODS=${BEST_METHODS:-mmd}  # run with the defaults beside DANN-with-the-study's-best, 5 seeds
 
 PRESET_PAPER=paper; PRESET_SMALL=small; MODEL_DM=deepmerge; MODEL_R18=resnet18
 COMMON=(trainer=gpu data.on_device=true callbacks.progress_bar=null)
@@ -93,7 +98,7 @@ if [ "$DRY" = 1 ]; then
   EPOCHS_DM=1; EPOCHS_R18=1; EPOCHS_SMALL=1
   COMMON=(trainer=cpu callbacks.progress_bar=null)
   BENCH_DEVICE=cpu; PACK_ARGS=(--device cpu --batch 16 --images 64 --warmup 2)
-  PACK_COUNTS=1,2; PACK_SECONDS=1
+  PACK_COUNTS=1,2; PACK_SECONDS=1; HPO_TRIALS=2; HPO_JOBS=2
 fi
 DATA=$WORK/data; LOGS=$WORK/outputs; LOGDIR=$WORK/logs; REPORTS=$WORK/reports; BENCHDIR=$WORK/bench
 DATA_PAPER=$PRESET_PAPER; DATA_SMALL=$PRESET_SMALL   # data config names equal the presets
@@ -250,7 +255,7 @@ if [ "$DRY" = 1 ]; then
   mkdir -p "$WORK/block"
   cat > "$WORK/block/sitecustomize.py" <<'PY'
 import sys
-_ABSENT = {"wandb", "submitit", "skada", "optuna"}
+_ABSENT = {"wandb", "submitit", "skada"}  # optuna is carried in .whl
 class _Absent:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in _ABSENT:
@@ -315,10 +320,54 @@ if have_data "$PRESET_SMALL"; then
   phase small "$T_SMALL" "$PY" "${GRID[@]}" "jobs_per_gpu=$JPG_SMALL" task_name=small_gpu \
     "data=$DATA_SMALL" "model=$MODEL_DM" "seed=$SEEDS_SMALL" "method=$METHODS_SMALL" \
     "trainer.max_epochs=$EPOCHS_SMALL" "${COMMON[@]}" $SMALL_EXTRA
-  MIN=8 RESERVE=5 phase report_small "$T_REPORT" "$PY" -m galda.report "$LOGS/multirun/small_gpu" \
-    --out "$REPORTS/small_gpu" --paper
+  [ -d "$LOGS/multirun/small_gpu" ] && MIN=8 RESERVE=5 phase report_small "$T_REPORT" "$PY" \
+    -m galda.report "$LOGS/multirun/small_gpu" --out "$REPORTS/small_gpu" --paper
 fi
 checkpoint
+
+# ---- the label-free DANN study (issue 13) and its choice at 5 seeds (issue 12) -------------------
+if [ "$T_HPO" -gt 0 ]; then
+  if ! have_data "$PRESET_SMALL"; then
+    phase sim_small2 "$T_SIM_SMALL" "$PY" -m galda.simulate --preset "$PRESET_SMALL" --seed 1 \
+      --workers "$SIM_WORKERS" --out "$DATA/simulated/$PRESET_SMALL-seed1" --no-progress
+  fi
+  phase hpo "$T_HPO" "$PY" "${GRID[@]}" experiment=hpo_dann "jobs_per_gpu=$HPO_JOBS" \
+    "hydra.sweeper.n_trials=$HPO_TRIALS" "hydra.sweeper.n_jobs=$HPO_JOBS" "data=$DATA_SMALL" \
+    "model=$MODEL_DM" "trainer.max_epochs=$EPOCHS_SMALL" "${COMMON[@]}"
+  MIN=8 RESERVE=5 phase report_hpo "$T_REPORT" "$PY" -m galda.report --validators \
+    "$LOGS/multirun/hpo_dann" --out "$REPORTS/hpo_dann"
+  BEST=$("$PY" - "$LOGS/multirun/hpo_dann/optimization_results.yaml" <<'PY'
+import sys
+import yaml
+try:
+    best = yaml.safe_load(open(sys.argv[1]))["best_trial"]["params"]
+except (OSError, KeyError, TypeError):
+    sys.exit(0)
+# three significant digits: a default to write down, and job folder names of sane length
+print(" ".join(f"{k}={float(f'{v:.3g}') if isinstance(v, float) else v}" for k, v in best.items()))
+PY
+)
+  echo "=== study's best (objective IM, chosen without target labels): ${BEST:-none}"
+  # DANN with the study's choice and BEST_METHODS with their defaults, 5 seeds each, side by side
+  # (two sweeps at once, JPG_SMALL jobs each)
+  B5=$WORK/best5.sh; : > "$B5"   # phase runs a command under timeout: the two sweeps go in a script
+  if [ -n "$BEST" ]; then
+    # shellcheck disable=SC2086  # BEST is a list of overrides
+    printf '%q ' "$PY" "${GRID[@]}" "jobs_per_gpu=$JPG_SMALL" task_name=dann_hpo_best \
+      "data=$DATA_SMALL" "model=$MODEL_DM" "seed=$SEEDS_SMALL" method=dann \
+      "trainer.max_epochs=$EPOCHS_SMALL" "${COMMON[@]}" 'hydra.sweep.subdir=seed${seed}' $BEST >> "$B5"
+    echo '&' >> "$B5"
+  fi
+  if [ -n "$BEST_METHODS" ]; then
+    printf '%q ' "$PY" "${GRID[@]}" "jobs_per_gpu=$JPG_SMALL" task_name=defaults_small \
+      "data=$DATA_SMALL" "model=$MODEL_DM" "seed=$SEEDS_SMALL" "method=$BEST_METHODS" \
+      "trainer.max_epochs=$EPOCHS_SMALL" "${COMMON[@]}" >> "$B5"
+    echo '&' >> "$B5"
+  fi
+  echo 'rc=0; for p in $(jobs -p); do wait "$p" || rc=$?; done; exit $rc' >> "$B5"
+  phase best5 "$T_BEST" bash "$B5"
+  checkpoint
+fi
 
 # ---- benchmarks -------------------------------------------------------------------------------
 # benchmarks/run.py is being restructured: pass only the options it still has.

@@ -157,6 +157,8 @@ def test_out_of_core_module_alone(bench, tmp_path):
     assert bench.main([*argv, "--device", "cpu", "--out", str(out)]) == 0
     ooc = json.loads(out.read_text())["out_of_core"]
     assert ooc["images"] == 500 and ooc["layout"] == "one uncompressed chunk per image"
+    assert ooc["path"].startswith("DomainAdaptationDataModule(out_of_core=True)")
+    assert ooc["setup_s"] >= 0 and 0 < ooc["training_images_per_domain"] < 250
     for name in ("cold", "warm", "in_memory"):
         assert _positive(ooc[name]["batches_per_s"]) and _positive(ooc[name]["peak_rss_mib"])
     assert ooc["warm"]["batches"] == 6 and ooc["images_per_batch"] == 32

@@ -243,6 +243,74 @@ def _sweep_failed(ctx):
     return exit_status(outcomes), format_summary(outcomes, sweep)
 
 
+def _run_unwritable(ctx):
+    from tests.test_output_errors import _tiny_run, galda_run
+
+    ro = ctx.tmp / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        run = f"hydra.run.dir={ro / 'run'}"
+        proc = galda_run(ctx.tmp, *_tiny_run(ctx.tmp), run, deny_dir=ro)
+    finally:
+        ro.chmod(0o755)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _run_disk_full_at_start(ctx):
+    from tests.oswrites import deny
+
+    cfg = ctx.cfg()
+    deny(cfg.paths.output_dir, errno.ENOSPC, patch=ctx.monkeypatch.setattr)
+    return run_checks(ctx, cfg)
+
+
+def _run_disk_full_later(ctx):
+    from tests.test_output_errors import _tiny_run, galda_run
+
+    run = ctx.tmp / "run"
+    run.mkdir()
+    skip = ".galda-write-probe.,.hydra"
+    args = (*_tiny_run(ctx.tmp), f"hydra.run.dir={run}")
+    proc = galda_run(ctx.tmp, *args, deny_dir=run, code=errno.ENOSPC, skip=skip)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def predict(ctx: Ctx, *args: str) -> tuple[int, str]:
+    from galda.predict.cli import main
+
+    ctx.capsys.readouterr()
+    rc = main([str(a) for a in args])
+    return rc, ctx.capsys.readouterr().err
+
+
+def _predict_inputs(ctx) -> tuple[Path, Path]:
+    from tests.test_predict import make_checkpoint, raw_images
+
+    ckpt, _ = make_checkpoint(ctx.tmp / "m.ckpt")
+    np.save(ctx.tmp / "x.npy", raw_images(4))
+    return ckpt, ctx.tmp / "x.npy"
+
+
+def _predict_write_fails(code, skip=""):
+    def case(ctx):
+        from tests.oswrites import deny
+
+        ckpt, x = _predict_inputs(ctx)
+        (ctx.tmp / "o").mkdir()
+        deny(ctx.tmp / "o", code, skip=skip, patch=ctx.monkeypatch.setattr)
+        return predict(ctx, ckpt, x, "--out", ctx.tmp / "o" / "cat.csv", "-q")
+
+    return case
+
+
+def _predict_out_is_checkpoint(ctx):
+    ckpt, x = _predict_inputs(ctx)
+    out = ctx.tmp / "m.fits"
+    ckpt.rename(out)
+    return predict(ctx, out, x, "--out", out, "--force", "-q")
+
+
 CASES: dict[str, Callable[[Ctx], tuple[int, str]]] = {
     "batch-size": setting("data.batch_size=0"),
     "learning-rate": setting("optim.optimizer.lr=-0.001"),
@@ -265,6 +333,7 @@ CASES: dict[str, Callable[[Ctx], tuple[int, str]]] = {
     "files-swapped": _swapped,
     "file-wrong-role": setting(roles=("target", "target")),
     "same-file": _same_file,
+    "out-of-core-on-device": setting("data.out_of_core=true", "data.on_device=true"),
     "paired-sizes-differ": setting(n_target=40),
     "data-missing": _missing_file,
     "checkpoint-corrupt": _corrupt_checkpoint,
@@ -277,6 +346,12 @@ CASES: dict[str, Callable[[Ctx], tuple[int, str]]] = {
     "report-out-is-file": _report_out_is_file,
     "report-strict-unreadable": _report_strict_unreadable,
     "sweep-jobs-failed": _sweep_failed,
+    "run-permission": _run_unwritable,
+    "run-disk-full": _run_disk_full_at_start,
+    "run-disk-full-later": _run_disk_full_later,
+    "predict-permission": _predict_write_fails(errno.EACCES),
+    "predict-disk-full": _predict_write_fails(errno.ENOSPC, skip=".galda-write-probe."),
+    "predict-out-is-input": _predict_out_is_checkpoint,
 }
 
 

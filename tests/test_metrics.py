@@ -93,3 +93,23 @@ def test_degenerate_inputs():
     # all predicted negative: precision/F1 are 0 like sklearn's zero_division=0
     m = binary_metrics(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0, 1, 1]))
     assert m["precision"] == 0.0 and m["f1"] == 0.0 and m["recall"] == 0.0
+
+
+def test_named_means_match_a_plain_weighted_mean():
+    from galda.metrics import NamedMeans
+
+    gen = torch.Generator().manual_seed(0)
+    steps = [(torch.rand(3, generator=gen), float(w)) for w in (128, 128, 64)]
+    means = NamedMeans()
+    for values, w in steps:
+        means.update({"a": values[0], "b": values[1], "c": values[2]}, weight=w)
+    got = means.compute()
+    total_w = sum(w for _, w in steps)
+    for i, key in enumerate("abc"):
+        expected = sum(float(v[i]) * w for v, w in steps) / total_w
+        assert float(got[key]) == pytest.approx(expected, rel=1e-6)
+    means.reset()  # a new epoch starts from nothing, with the same names
+    means.update({"a": torch.tensor(2.0), "b": torch.tensor(4.0), "c": torch.tensor(6.0)})
+    assert [float(v) for v in means.compute().values()] == [2.0, 4.0, 6.0]
+    with pytest.raises(ValueError, match="keys"):
+        means.update({"a": torch.tensor(1.0)})

@@ -184,3 +184,48 @@ def test_config_dir_found_from_repo():
     from galda.run import find_config_dir
 
     assert find_config_dir() == REPO / "conf"
+
+
+def test_training_logs_step_values_on_the_logger_cadence_and_exact_epoch_means(
+    compose_cfg, sim_data_dir, tmp_path
+):
+    """Per-step values reach the CSV every log_every_n_steps; the epoch value is the mean of the
+    epoch's steps (equal batches), kept by a metric object rather than per-key self.log."""
+    import csv
+
+    from galda.train import train
+
+    def run(every: int, name: str) -> list[dict[str, str]]:
+        cfg = compose_cfg(
+            "data=tiny",
+            f"paths.data_dir={sim_data_dir}",
+            "model=tiny",
+            "method=dann",
+            "trainer.max_epochs=2",
+            f"trainer.log_every_n_steps={every}",
+            run_dir=tmp_path / name,
+        )
+        assert train(cfg)["status"] == "complete"
+        with open(tmp_path / name / "csv" / "metrics.csv", newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    rows = run(1, "every")
+    for epoch in (0, 1):
+        steps = [
+            float(r["train/loss_step"])
+            for r in rows
+            if r["epoch"] == str(epoch) and r.get("train/loss_step")
+        ]
+        epoch_rows = [r for r in rows if r["epoch"] == str(epoch) and r.get("train/loss_epoch")]
+        assert len(steps) >= 2 and len(epoch_rows) == 1
+        assert float(epoch_rows[0]["train/loss_epoch"]) == pytest.approx(
+            sum(steps) / len(steps), rel=1e-5
+        )
+        assert epoch_rows[0].get("train/domain_acc_epoch") and epoch_rows[0].get(
+            "train/grl_coefficient_epoch"
+        )
+    n_steps = sum(1 for r in rows if r.get("train/loss_step"))
+    sparse = run(3, "sparse")
+    logged = [int(r["step"]) for r in sparse if r.get("train/loss_step")]
+    assert logged and all((s + 1) % 3 == 0 for s in logged)
+    assert len(logged) == n_steps // 3

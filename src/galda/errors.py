@@ -14,6 +14,22 @@ class DataError(GaldaError):
     """A data file does not fit this run (role, labels, size); the message names the file."""
 
 
+class WriteError(GaldaError):
+    """An output cannot be written (permission, read-only file system, disk full); names it."""
+
+
+#: the config keys that place a training run's folder
+RUN_FOLDER_KEYS = "paths.log_dir, or hydra.run.dir / hydra.sweep.dir"
+
+
+def cannot_write(path: object, err: OSError, what: str = "", keys: str = "") -> WriteError:
+    """``<path>: cannot write[ what]: <hint with the fix>[ (keys)]`` as a WriteError."""
+    where = f" ({keys})" if keys else ""
+    return WriteError(
+        f"{path}: cannot write{' ' + what if what else ''}: {os_error_hint(err)}{where}"
+    )
+
+
 def os_error_hint(err: OSError) -> str:
     """What a failed write means for the user, in a few words with the fix (no traceback)."""
     import errno

@@ -21,7 +21,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from galda.results import RESULTS_FILE
+from galda.errors import RUN_FOLDER_KEYS, cannot_write
+from galda.results import RESULTS_FILE, probe_writable
 
 #: GaldaError subclasses defined in modules the sweep's parent process may not have imported
 _USER_ERROR_NAMES = {
@@ -154,3 +155,36 @@ class SweepSummary(Callback):
         if self.exit_on_failure:
             # SystemExit passes through Hydra's callback and error handlers (they catch Exception)
             raise SystemExit(code)
+
+
+class OutputFolderCheck(Callback):
+    """Refuse, in one line with exit status 2, a run or sweep folder that cannot be written.
+
+    Hydra creates ``hydra.run.dir`` (or ``hydra.sweep.dir``) and its log file before galda's
+    code runs, so a read-only folder or a full disk would otherwise end in Hydra's traceback and
+    exit status 1. This probes the folder first (:func:`galda.results.probe_writable`: nothing is
+    left behind). Registered in ``conf/hydra/default.yaml``.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "sweep")
+
+    @staticmethod
+    def _check(config: DictConfig, mode: str) -> None:
+        try:
+            folder = Path(str(config.hydra[mode].dir))
+        except Exception:  # noqa: BLE001 - an unresolvable path: Hydra reports it itself
+            return
+        try:
+            probe_writable(folder)
+        except OSError as err:
+            what = "the run folder" if mode == "run" else "the sweep folder"
+            print(
+                f"galda.run: error: {cannot_write(folder, err, what, RUN_FOLDER_KEYS)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(2) from None

@@ -665,10 +665,11 @@ def confident_pseudo_label_loss(logits: Tensor, threshold: float) -> tuple[Tenso
     chosen = pseudo[mask]
     counts = torch.bincount(chosen, minlength=n_classes)
     sums = per_sample.new_zeros(n_classes).index_add(0, chosen, per_sample[mask])
-    present = counts > 0
-    if not bool(present.any()):
-        return logits.sum() * 0.0, mask, pseudo
-    loss = (sums[present] / counts[present].to(sums.dtype)).mean()
+    # the mean over the classes present, written without a branch (no host synchronisation):
+    # 0, still attached to the graph, when no class is present
+    present = (counts > 0).to(sums.dtype)
+    class_means = sums / counts.clamp_min(1).to(sums.dtype)
+    loss = (class_means * present).sum() / present.sum().clamp_min(1.0) + logits.sum() * 0.0
     return loss, mask, pseudo
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchmetrics import MeanSquaredError, MetricCollection
+from torchmetrics import MeanSquaredError, Metric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -44,7 +44,14 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.functional.classification import binary_roc as _tm_binary_roc
 
-__all__ = ["METRIC_NAMES", "binary_metrics", "binary_confusion", "binary_roc", "metric_collection"]
+__all__ = [
+    "METRIC_NAMES",
+    "NamedMeans",
+    "binary_confusion",
+    "binary_metrics",
+    "binary_roc",
+    "metric_collection",
+]
 
 #: Order of the metric keys in :func:`binary_metrics` (also the order of Figure 1's bars).
 METRIC_NAMES: tuple[str, ...] = ("acc", "precision", "recall", "f1", "brier", "auroc")
@@ -68,6 +75,43 @@ def metric_collection(prefix: str = "", names: Sequence[str] = METRIC_NAMES) -> 
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {list(factories)}")
     return MetricCollection({n: factories[n]() for n in names}, prefix=prefix)
+
+
+class NamedMeans(Metric):
+    """Weighted epoch means of a fixed set of named scalars: mean_k = Σ_b w_b v_bk / Σ_b w_b.
+
+    One ``update`` per training step stacks every value into one vector (a few kernel launches,
+    no host synchronisation), where ``LightningModule.log(on_epoch=True)`` spends Python time per
+    key per step. The names are fixed by the first update; states are summed across processes.
+    """
+
+    full_state_update = False
+    total: torch.Tensor
+    weight: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: tuple[str, ...] = ()
+        self.add_state("total", default=torch.zeros(0), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.zeros(()), dist_reduce_fx="sum")
+
+    def update(self, values: dict[str, torch.Tensor], weight: float = 1.0) -> None:
+        names = tuple(values)
+        if not self.names:
+            self.names = names
+        elif names != self.names:
+            raise ValueError(f"NamedMeans got keys {list(names)}, expected {list(self.names)}")
+        stacked = torch.stack(
+            [v.detach().to(self.total.dtype).reshape(()) for v in values.values()]
+        )
+        if self.total.numel() != stacked.numel():  # first update after a reset
+            self.total = torch.zeros_like(stacked)
+        self.total += stacked * weight
+        self.weight += weight
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        means = self.total / self.weight
+        return {name: means[i] for i, name in enumerate(self.names)}
 
 
 def _prepare(probs: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from galda.errors import ConfigError, DataError, GaldaError
+from galda.errors import RUN_FOLDER_KEYS, ConfigError, DataError, GaldaError, cannot_write
+from galda.results import probe_writable
 
 log = logging.getLogger("galda")
 
@@ -356,9 +357,29 @@ def _split_fraction_problems(fractions: Any) -> list[GaldaError]:
     return []
 
 
+def _output_problems(cfg: Any) -> list[GaldaError]:
+    """The run folder (and its ``checkpoints/`` when present) must take a write: probed, not
+    guessed, since permissions, read-only mounts and a full disk all show only on writing."""
+    try:
+        folder = _get(cfg, "paths.output_dir")
+    except (OmegaConfBaseException, ValueError):  # ${hydra:...} outside a Hydra app
+        return []
+    if not folder:
+        return []
+    run_dir = Path(str(folder))
+    for path in (run_dir, run_dir / "checkpoints"):
+        if path is run_dir or path.is_dir():
+            try:
+                probe_writable(path)
+            except OSError as err:
+                return [cannot_write(path, err, "the run folder", RUN_FOLDER_KEYS)]
+    return []
+
+
 def preflight_config(cfg: DictConfig | Mapping[str, Any]) -> None:
-    """Check the settings that need no data; raise ConfigError listing every problem found."""
-    _raise(_config_problems(cfg))
+    """Check the settings that need no data, and that the run folder can be written; raise
+    ConfigError (or WriteError) listing every problem found."""
+    _raise(_config_problems(cfg) + _output_problems(cfg))
 
 
 # --------------------------------------------------------------------------- checks with data
@@ -616,6 +637,24 @@ def _ensure_files(paths: dict[str, Path], datamodule: Any) -> None:
         raise DataError(f"{missing[0]}: file not found; set the path, or paths.data_dir")
 
 
+def _storage_problems(cfg: Any, paths: dict[str, Path], datamodule: Any) -> list[GaldaError]:
+    """``data.out_of_core`` resolved for these files, and its conflict with ``data.on_device``."""
+    from galda.data.datamodule import resolve_out_of_core
+
+    try:
+        if hasattr(datamodule, "resolve_out_of_core"):
+            datamodule.resolve_out_of_core()
+        else:
+            resolve_out_of_core(
+                _get(cfg, "data.out_of_core", "auto"),
+                [paths[d] for d in DOMAINS],
+                bool(_get(cfg, "data.on_device", False)),
+            )
+    except GaldaError as err:
+        return [err if isinstance(err, (ConfigError, DataError)) else DataError(str(err))]
+    return []
+
+
 def preflight(cfg: DictConfig | Mapping[str, Any], datamodule: Any = None) -> None:
     """Check the config, then the config against the data files, before any training.
 
@@ -630,6 +669,7 @@ def preflight(cfg: DictConfig | Mapping[str, Any], datamodule: Any = None) -> No
     paths = _datamodule_paths(cfg, datamodule)
     _ensure_files(paths, datamodule)
     files = read_headers(paths)
+    problems += _storage_problems(cfg, paths, datamodule)
     allow_same = bool(_get(cfg, "data.allow_same_file", False))
     problems += _role_problems(files, allow_same)
     problems += _labels_problems(cfg, files)

@@ -11,6 +11,7 @@ Keys: ``schema_version``, ``status`` ("complete" | "failed"), ``error``, ``data`
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -46,6 +47,47 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: errno values that mean "this output cannot be written here" (not a bug in galda)
+WRITE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "ENOTDIR", "EEXIST", "EFBIG")
+    if hasattr(errno, name)
+)
+
+
+def probe_writable(folder: str | os.PathLike, nbytes: int = 4096) -> None:
+    """Raise the OSError a write into ``folder`` would meet (permission, read-only, disk full).
+
+    Creates the missing folder levels, writes and syncs ``nbytes`` to a temporary file there,
+    then removes the file and the levels it created: nothing is left behind either way.
+    """
+    folder = Path(folder)
+    missing = []
+    level = folder
+    while not level.exists() and level != level.parent:
+        missing.append(level)
+        level = level.parent
+    created: list[Path] = []
+    try:
+        for level in reversed(missing):
+            level.mkdir()
+            created.append(level)
+        fd, tmp = tempfile.mkstemp(prefix=".galda-write-probe.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(b"\0" * nbytes)
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            os.unlink(tmp)
+    finally:
+        for level in reversed(created):
+            try:
+                level.rmdir()
+            except OSError:
+                break
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

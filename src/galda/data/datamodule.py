@@ -2,6 +2,8 @@
 
 Data flow: domain HDF5 files (``galda.data.h5format``) → split by galaxy → per-domain
 normalisation with training-split statistics → in-memory tensors → batch-at-a-time loaders.
+Sets too large for memory are streamed instead (``data.out_of_core``; ``galda.data.h5stream``):
+the same split, statistics, seeded batches and batch contents, read from the files as drawn.
 
 Training batches are ``{"source": (x, y), "target": x}``: the target training set is built
 without labels, so they cannot reach a training step (unless the method declares
@@ -24,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from galda.data.h5format import DataFormatError, DomainData, read_domain
-from galda.errors import GaldaError
+from galda.errors import ConfigError, GaldaError
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,33 @@ def split_galaxies(
     return {s: np.sort(np.concatenate(parts[s])) for s in SPLITS}
 
 
+def resolve_out_of_core(
+    setting: str | bool, paths: Sequence[str | Path], on_device: bool = False
+) -> bool:
+    """Whether ``data.out_of_core`` (``auto`` | ``true`` | ``false``) streams these files.
+
+    ``auto`` streams above ``galda.data.h5stream.use_out_of_core``'s threshold (4 GiB of decoded
+    images, or a quarter of the available memory if less). Streaming cannot be combined with
+    ``data.on_device=true`` (the data set resident on the accelerator): a ConfigError says so.
+    """
+    from galda.data.h5stream import OUT_OF_CORE_AUTO_BYTES, image_bytes, use_out_of_core
+
+    streaming = use_out_of_core(setting, paths)
+    if streaming and on_device:
+        why = str(setting).lower()
+        if why == "auto":
+            why = (
+                f"auto (the images take {image_bytes(paths) / 2**30:.2f} GiB, over "
+                f"min({OUT_OF_CORE_AUTO_BYTES / 2**30:g} GiB, a quarter of available memory))"
+            )
+        raise ConfigError(
+            f"data.out_of_core={why} streams the images from disk but data.on_device=true needs "
+            "them all on the accelerator; set data.on_device=false to stream, or "
+            "data.out_of_core=false to load them (if they fit)"
+        )
+    return streaming
+
+
 def channel_stats(images: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation (float64 accumulation, chunked)."""
     c = images.shape[1]
@@ -163,6 +192,9 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes (0 is fastest for in-memory tensors).
         on_device: move the normalised tensors to the accelerator once (GPU runs).
         channels_last: store images in channels-last memory format.
+        out_of_core: ``auto`` | ``true`` | ``false``: stream batches from the files instead of
+            holding the images (:func:`resolve_out_of_core`); batches, split, statistics and
+            the attributes below are the same either way. ``streaming`` tells which was chosen.
         missing_hint: text shown when a file is missing (how to obtain and ingest it).
 
     ``train()`` calls :meth:`configure_training` with the method's declared needs before setup:
@@ -180,6 +212,7 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         on_device: bool = False,
         channels_last: bool = False,
+        out_of_core: str | bool = "auto",
         missing_hint: str | None = None,
     ) -> None:
         super().__init__()
@@ -192,9 +225,13 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         self.on_device = bool(on_device)
         self.channels_last = bool(channels_last)
         self.missing_hint = missing_hint
+        if str(out_of_core).strip().lower() not in ("auto", "true", "false"):
+            raise ConfigError(f"data.out_of_core must be auto, true or false, got {out_of_core!r}")
+        self.out_of_core = out_of_core
+        self.streaming: bool | None = None  # resolved at preflight or setup
         self.train_domains: tuple[str, ...] = DOMAINS
         self.target_labels_in_training = False
-        self.datasets: dict[str, dict[str, ArrayDataset]] = {}
+        self.datasets: dict[str, dict[str, Any]] = {}  # ArrayDataset or H5StreamDataset
         self.stats: dict[str, dict[str, list[float]]] = {}
         self.split_sizes: dict[str, dict[str, int]] = {}
         self.labelled: dict[str, bool] = {}
@@ -223,9 +260,20 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
                 f"to move the data directory){hint}"
             )
 
-    def _load(self, domain: str) -> DomainData:
+    def resolve_out_of_core(self) -> bool:
+        """Stream or hold the images (decided once; needs the files to exist)."""
+        if self.streaming is None:
+            try:
+                self.streaming = resolve_out_of_core(
+                    self.out_of_core, [self.paths[d] for d in DOMAINS], self.on_device
+                )
+            except DataFormatError as err:
+                raise GaldaError(str(err)) from err
+        return self.streaming
+
+    def _load(self, domain: str, images: bool = True) -> DomainData:
         try:
-            return read_domain(self.paths[domain])
+            return read_domain(self.paths[domain], load_images=images)
         except DataFormatError as err:
             raise GaldaError(str(err)) from err
 
@@ -233,7 +281,11 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         if self.datasets:
             return
         self.prepare_data()
-        data = {d: self._load(d) for d in DOMAINS}
+        streaming = self.resolve_out_of_core()
+        if streaming:
+            self._warn_slow_layout()
+        # streaming: everything but the images (whose shape is kept in an empty array)
+        data = {d: self._load(d, images=not streaming) for d in DOMAINS}
         shapes = {d: data[d].images.shape[1:] for d in DOMAINS}
         if shapes["source"] != shapes["target"]:
             raise GaldaError(
@@ -254,18 +306,43 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         for domain in DOMAINS:
             self._setup_domain(domain, data[domain], split)
         log.info("Split by galaxy (split_seed=%d): %s", self.split_seed, self.split_sizes)
+        log.info(
+            "Images %s (data.out_of_core=%s)",
+            "streamed" if streaming else "in memory",
+            self.out_of_core,
+        )
+
+    def _warn_slow_layout(self) -> None:
+        from galda.data.h5stream import streaming_layout
+
+        for domain in DOMAINS:
+            if streaming_layout(self.paths[domain]) != "raw":
+                log.warning(
+                    "%s: compressed chunks make random batches slow to stream (~250x); "
+                    "galda.data.h5stream.rechunk_for_streaming writes the fast layout",
+                    self.paths[domain],
+                )
 
     def _setup_domain(self, domain: str, dd: DomainData, split: dict[str, np.ndarray]) -> None:
         """Normalise with training-split statistics and build the three split datasets."""
         masks = {s: np.isin(dd.galaxy_id, split[s]) for s in SPLITS}
-        train_images = dd.images[masks["train"]]
-        if len(train_images) == 0:
+        if not masks["train"].any():
             raise GaldaError(f"{self.paths[domain]}: no images in the training split")
-        mean, std = channel_stats(train_images)
+        if self.streaming:
+            from galda.data.h5stream import channel_stats_streamed
+
+            mean, std = channel_stats_streamed(self.paths[domain], np.flatnonzero(masks["train"]))
+        else:
+            mean, std = channel_stats(dd.images[masks["train"]])
         self.stats[domain] = {"mean": mean.tolist(), "std": std.tolist()}
         self.labelled[domain] = dd.labels is not None
         self.attrs[domain] = dict(dd.attrs)
         self.galaxy_ids[domain] = np.asarray(dd.galaxy_id)
+        self.datasets[domain] = {}
+        self.split_sizes[domain] = {}
+        if self.streaming:
+            self._stream_domain(domain, dd, masks, mean, std)
+            return
         images = torch.from_numpy(dd.images)
         images = (images - torch.tensor(mean, dtype=torch.float32)[None, :, None, None]) / (
             torch.tensor(std, dtype=torch.float32)[None, :, None, None]
@@ -274,8 +351,6 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
             images = images.contiguous(memory_format=torch.channels_last)
         labels = torch.from_numpy(dd.labels) if dd.labels is not None else None
         device = self._device()
-        self.datasets[domain] = {}
-        self.split_sizes[domain] = {}
         for s in SPLITS:
             idx = torch.from_numpy(np.flatnonzero(masks[s]))
             x = images[idx].to(device)
@@ -287,6 +362,32 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
             else:
                 self.datasets[domain][s] = ArrayDataset(x, y, rows=idx.to(device))
             self.split_sizes[domain][s] = int(len(idx))
+
+    def _stream_domain(
+        self,
+        domain: str,
+        dd: DomainData,
+        masks: dict[str, np.ndarray],
+        mean: np.ndarray,
+        std: np.ndarray,
+    ) -> None:
+        """The three split datasets, read from the file batch by batch (same items)."""
+        from galda.data.h5stream import H5StreamDataset
+
+        for s in SPLITS:
+            rows = np.flatnonzero(masks[s])
+            hide = s == "train" and domain == "target" and not self.target_labels_in_training
+            labels = False if dd.labels is None or hide else dd.labels
+            self.datasets[domain][s] = H5StreamDataset(
+                self.paths[domain],
+                rows,
+                mean.tolist(),
+                std.tolist(),
+                labels=labels,
+                channels_last=self.channels_last,
+                evaluation=s != "train",
+            )
+            self.split_sizes[domain][s] = int(len(rows))
 
     def _device(self) -> torch.device:
         if not self.on_device:
@@ -302,9 +403,13 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         return [d for d in DOMAINS if self.labelled.get(d)]
 
     # -- loaders --------------------------------------------------------------------------
-    def _loader(
-        self, dataset: ArrayDataset, drop_last: bool, shuffle_seed: int | None = None
-    ) -> DataLoader:
+    def _loader(self, dataset: Any, drop_last: bool, shuffle_seed: int | None = None) -> DataLoader:
+        if not isinstance(dataset, ArrayDataset):  # streamed: the same batches, drawn by batch
+            from galda.data.h5stream import stream_loader
+
+            return stream_loader(
+                dataset, self.batch_size, shuffle_seed, drop_last, num_workers=self.num_workers
+            )
         on_cpu = dataset.images.device.type == "cpu"
         workers = self.num_workers if on_cpu else 0
         sampler = (

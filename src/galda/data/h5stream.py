@@ -35,13 +35,14 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from galda.data.datamodule import EpochSeededSampler, identity_collate
 from galda.data.h5format import DataFormatError, DomainWriter, read_domain
-from galda.errors import GaldaError
+from galda.errors import ConfigError, GaldaError
 
 __all__ = [
     "OUT_OF_CORE_AUTO_BYTES",
     "EpochSeededBatchSampler",
     "H5RowReader",
     "H5StreamDataset",
+    "StreamedImages",
     "channel_stats_streamed",
     "image_bytes",
     "rechunk_for_streaming",
@@ -215,7 +216,10 @@ class H5StreamDataset(Dataset):
     form: ``x`` or ``(x, y)`` for training, and with ``evaluation=True`` the dict
     ``{"image", "index"[, "label"]}`` (``index``: the file row) of the evaluation splits.
     ``__getitems__`` reads a whole batch: rows sorted for the read, put in batch order as read.
-    Labels (small) are held in memory; ``labels=False`` leaves them out (target training data).
+    Labels (small) are held in memory: ``labels=True`` reads the file's column, an array is
+    taken as that column (one label per file row), ``labels=False`` leaves them out (target
+    training data). Like ``ArrayDataset``, ``rows`` holds the file rows of an evaluation set
+    (None in training) and ``images`` is indexable (int, slice, index array) and has a length.
     """
 
     def __init__(
@@ -224,12 +228,13 @@ class H5StreamDataset(Dataset):
         rows: Sequence[int] | np.ndarray,
         mean: Sequence[float],
         std: Sequence[float],
-        labels: bool = True,
+        labels: bool | np.ndarray = True,
         channels_last: bool = False,
         evaluation: bool = False,
     ) -> None:
         self.reader = H5RowReader(path)
         self.file_rows = np.asarray(rows, dtype=np.int64)
+        self.images = StreamedImages(self)
         channels = self.reader.shape[1]
         if len(mean) != channels or len(std) != channels:
             raise GaldaError(f"{path}: mean/std need {channels} values (one per channel)")
@@ -237,8 +242,13 @@ class H5StreamDataset(Dataset):
         self.std = torch.tensor(list(std), dtype=torch.float32)[None, :, None, None]
         self.channels_last = bool(channels_last)
         self.evaluation = bool(evaluation)
+        self.rows: Tensor | None = torch.from_numpy(self.file_rows) if evaluation else None
         self.labels: Tensor | None = None
-        if labels:
+        if isinstance(labels, np.ndarray):
+            if len(labels) != self.reader.shape[0]:
+                raise GaldaError(f"{path}: {len(labels)} labels for {self.reader.shape[0]} rows")
+            self.labels = torch.from_numpy(np.asarray(labels)[self.file_rows])
+        elif labels:
             domain = read_domain(path, load_images=False)
             if domain.labels is None:
                 raise GaldaError(f"{path}: no labels in this file")
@@ -247,7 +257,7 @@ class H5StreamDataset(Dataset):
     def __len__(self) -> int:
         return len(self.file_rows)
 
-    def images(self, indices: Sequence[int] | np.ndarray) -> Tensor:
+    def read_images(self, indices: Sequence[int] | np.ndarray) -> Tensor:
         """Normalised images of dataset indices ``indices``, in that order."""
         file_rows = self.file_rows[np.asarray(indices, dtype=np.int64)]
         order = np.argsort(file_rows, kind="stable")
@@ -257,7 +267,7 @@ class H5StreamDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> Any:
         idx = np.asarray(indices, dtype=np.int64)
-        x = self.images(idx)
+        x = self.read_images(idx)
         if self.evaluation:
             item = {"image": x, "index": torch.from_numpy(self.file_rows[idx])}
             if self.labels is not None:
@@ -272,6 +282,49 @@ class H5StreamDataset(Dataset):
         if isinstance(batch, dict):
             return {k: v[0] for k, v in batch.items()}
         return tuple(v[0] for v in batch) if isinstance(batch, tuple) else batch[0]
+
+
+class StreamedImages:
+    """The normalised images of an :class:`H5StreamDataset`, read when indexed.
+
+    Stands in for ``ArrayDataset.images`` where code walks a split's images (AdaBN statistics,
+    diagnostics): ``len``, ``shape``, ``device`` and indexing by an int, a slice or an index
+    array (repeats allowed) give what the in-memory tensor would.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, dataset: H5StreamDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.dataset), *self.dataset.reader.shape[1:]))
+
+    def __getitem__(self, key: Any) -> Tensor:
+        n = len(self.dataset)
+        if isinstance(key, (int, np.integer)):
+            if not -n <= int(key) < n:
+                raise IndexError(f"index {int(key)} out of range for {n} images")
+            return self.dataset.read_images([int(key) % n])[0]
+        if isinstance(key, slice):
+            idx = np.arange(n)[key]
+        else:
+            idx = np.asarray(key.cpu().numpy() if isinstance(key, Tensor) else key)
+            if idx.dtype == bool:
+                idx = np.flatnonzero(idx)
+            idx = idx.astype(np.int64).reshape(-1)
+            if len(idx) and (idx.min() < -n or idx.max() >= n):
+                raise IndexError(f"index out of range for {n} images")
+            idx = np.where(idx < 0, idx + n, idx)
+        unique, inverse = np.unique(idx, return_inverse=True)  # the reader wants distinct rows
+        x = self.dataset.read_images(unique)
+        if len(unique) == len(idx) and np.array_equal(unique, idx):
+            return x
+        return x[torch.from_numpy(inverse.reshape(-1))]
 
 
 def stream_loader(
@@ -393,7 +446,7 @@ def use_out_of_core(
     if value in ("true", "false"):
         return value == "true"
     if value != "auto":
-        raise GaldaError(f"data.out_of_core must be auto, true or false, got {setting!r}")
+        raise ConfigError(f"data.out_of_core must be auto, true or false, got {setting!r}")
     available = _available_memory() if available is None else available
     limit = (
         OUT_OF_CORE_AUTO_BYTES if available is None else min(OUT_OF_CORE_AUTO_BYTES, available // 4)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from galda.losses import FisherLoss, entropy_loss
-from galda.metrics import METRIC_NAMES, metric_collection
+from galda.metrics import METRIC_NAMES, NamedMeans, metric_collection
 from galda.models.normaliser import DOMAINS, DomainNormaliser
 from galda.optim import (
     OptimizerFactory,
@@ -103,6 +103,7 @@ class MergerClassifier(pl.LightningModule):
             }
         )
         self.losses = nn.ModuleDict({f"{s}_{d}": MeanMetric() for s in STAGES for d in DOMAINS})
+        self.train_means = NamedMeans()
 
     # -- the hooks subclasses override ----------------------------------------------------
     def transfer_loss(
@@ -171,21 +172,41 @@ class MergerClassifier(pl.LightningModule):
         if self.fisher is not None:
             terms["fisher"] = (self.fisher_weight, self.fisher(source_out.features, y_s))
         loss = sum((w * v for w, v in terms.values()), start=torch.zeros((), device=self.device))
-        logs = {
-            **{f"train/loss_{k}": v for k, (_, v) in terms.items()},
-            **logs,
-            "train/loss": loss,
-            "train/source/acc": (source_out.logits.argmax(1) == y_s).float().mean(),
-        }
-        # Lightning keeps the epoch means on the device; per-step values reach the logger
-        # every ``log_every_n_steps``.
-        self.log_dict(
-            {k: torch.as_tensor(v).detach() for k, v in logs.items()},
-            on_step=True,
-            on_epoch=True,
+        self.log_training(
+            {
+                **{f"train/loss_{k}": v for k, (_, v) in terms.items()},
+                **logs,
+                "train/loss": loss,
+                "train/source/acc": (source_out.logits.argmax(1) == y_s).float().mean(),
+            },
             batch_size=x_s.shape[0],
         )
         return loss
+
+    def log_training(self, values: Mapping[str, Tensor | float], batch_size: int) -> None:
+        """``<key>_epoch``: batch-weighted epoch means (one metric update per step, logged at the
+        epoch's end); ``<key>_step``: the step's values, on the steps the logger writes.
+
+        Why not ``self.log(on_step, on_epoch)`` per key: its Python cost per key and step was
+        about a third of the package's overhead over a plain loop (benchmarks/README.md).
+        """
+        like = next(v for v in values.values() if isinstance(v, Tensor))
+        tensors = {
+            k: v.detach() if isinstance(v, Tensor) else like.new_full((), float(v))
+            for k, v in values.items()
+        }
+        self.train_means.update(tensors, weight=float(batch_size))
+        trainer: Any = self.trainer  # log_every_n_steps and fast_dev_run are set at run time
+        if trainer.fast_dev_run or (self.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0:
+            self.log_dict(
+                {f"{k}_step": v for k, v in tensors.items()}, on_step=True, on_epoch=False
+            )
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_means.update_count:
+            means = self.train_means.compute()
+            self.log_dict({f"{k}_epoch": v for k, v in means.items()}, on_epoch=True)
+        self.train_means.reset()
 
     # -- evaluation -----------------------------------------------------------------------
     def _domain(self, stage: str, dataloader_idx: int) -> str:

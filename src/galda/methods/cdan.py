@@ -99,7 +99,7 @@ class CDANClassifier(MergerClassifier):
         )
         return loss, {
             "train/domain_acc": domain_acc,
-            "train/grl_coefficient": loss.new_tensor(coefficient),
+            "train/grl_coefficient": coefficient,
         }
 
     def extra_parameter_groups(self) -> list[dict]:

@@ -31,13 +31,8 @@ class OracleClassifier(MergerClassifier):
         x_t, y_t = batch["target"]
         logits = self.net(x_t)[1]
         loss = F.cross_entropy(logits, y_t)
-        self.log_dict(
-            {
-                "train/loss": loss.detach(),
-                "train/target/acc": (logits.argmax(1) == y_t).float().mean(),
-            },
-            on_step=True,
-            on_epoch=True,
+        self.log_training(
+            {"train/loss": loss, "train/target/acc": (logits.argmax(1) == y_t).float().mean()},
             batch_size=x_t.shape[0],
         )
         return loss

@@ -55,5 +55,5 @@ class SelfTrainingClassifier(MergerClassifier):
             loss = loss * 0.0
         return loss, {
             "train/pseudo_fraction": confident.float().mean(),
-            "train/pseudo_active": loss.new_tensor(float(active)),
+            "train/pseudo_active": float(active),
         }

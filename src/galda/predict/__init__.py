@@ -11,6 +11,7 @@ See ``docs/predict.md``.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from galda.errors import GaldaError
@@ -20,8 +21,11 @@ from galda.predict.core import (
     catalogue_bytes,
     check_compatible,
     check_models,
+    check_not_input,
     check_output,
+    check_writable,
     run_models,
+    write_outputs,
 )
 from galda.predict.inputs import PredictInput, open_input
 
@@ -69,25 +73,47 @@ def predict(
         raise GaldaError(f"--batch-size {batch_size}: must be at least 1")
     out_path = check_output(out, force) if out is not None else None
     gallery_path = check_output(gallery, force, "--gallery") if gallery is not None else None
+    outputs = {"--out": out_path, "--gallery": gallery_path}
+    inputs: list[tuple[str, str | os.PathLike | None]] = [
+        ("the model", model),
+        ("the images", input),
+        ("the --ids table", ids.rsplit(":", 1)[0] if ids and ":" in ids else None),
+    ]
+    for flag, path in outputs.items():
+        if path is not None:
+            check_not_input(path, inputs, flag)
+            check_writable(path)
     loaded = load_model(model, domain=domain, calibrated=calibrated)
     models = loaded if isinstance(loaded, list) else [loaded]
     check_models(models)
+    for flag, path in outputs.items():  # the checkpoints a run or sweep folder names
+        if path is not None:
+            check_not_input(path, [("a checkpoint", m.checkpoint) for m in models], flag)
     inp = open_input(input, id_key=id_key, ids=ids, images_key=images_key)
     try:
-        for path in (out_path, gallery_path):
-            if path is not None and path.resolve() == inp.path.resolve():
-                raise GaldaError(f"{path}: is the input; write the output elsewhere")
+        for flag, path in outputs.items():  # a stamp of a folder input, by its name
+            if path is not None and inp.stamp_paths is not None:
+                names = {path.name, path.resolve().name}
+                stamps = [p for p in inp.stamp_paths if p.name in names]
+                check_not_input(path, [("one of the image stamps", p) for p in stamps], flag)
         check_compatible(inp, models[0])
         preds = run_models(models, inp, batch_size=batch_size, device=device, progress=progress)
         table = build_catalogue(preds, models, inp, threshold, str(model))
-        payload = catalogue_bytes(table, out_path) if out_path is not None else None
+        writes: list[tuple[Path, Any]] = []
+        if out_path is not None:
+            payload = catalogue_bytes(table, out_path)
+            writes.append((out_path, lambda: atomic_write_bytes(out_path, payload)))
         if gallery_path is not None:
             from galda.predict.gallery import write_gallery
 
             ids_col = table["object_id"] if "object_id" in table.colnames else None
-            write_gallery(gallery_path, inp, preds.mean, ids_col, gallery_size)
-        if out_path is not None and payload is not None:
-            atomic_write_bytes(out_path, payload)
+            writes.append(
+                (
+                    gallery_path,
+                    lambda: write_gallery(gallery_path, inp, preds.mean, ids_col, gallery_size),
+                )
+            )
+        write_outputs(writes)
     finally:
         inp.close()
     return table

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from galda import __version__
-from galda.errors import GaldaError
+from galda.errors import GaldaError, cannot_write
 from galda.inference import MergerPredictor
 from galda.predict.inputs import PredictInput
 
@@ -268,6 +268,52 @@ def check_output(out: str | os.PathLike, force: bool, what: str = "--out") -> Pa
     if out.is_dir():
         raise GaldaError(f"{out}: is a folder; give a file name for {what}")
     return out
+
+
+def check_not_input(
+    out: Path, inputs: Sequence[tuple[str, str | os.PathLike | None]], what: str = "--out"
+) -> None:
+    """Refuse an output that is (a link to) one of the inputs, even with ``--force``.
+
+    ``inputs``: (description, path) pairs, e.g. ``("the checkpoint", "model.ckpt")``.
+    """
+    for name, path in inputs:
+        if path is None:
+            continue
+        try:
+            same = os.path.samefile(path, out)
+        except OSError:  # either one absent (or unreadable): not the same file
+            same = False
+        if same:
+            raise GaldaError(
+                f"{out}: output would replace one of the inputs ({name}); choose another {what}"
+            )
+
+
+def check_writable(out: Path) -> None:
+    """Refuse, before any image is classified, an output whose folder cannot take a write."""
+    from galda.results import probe_writable
+
+    try:
+        probe_writable(out.parent)
+    except OSError as err:
+        raise cannot_write(out, err) from err
+
+
+def write_outputs(writes: Sequence[tuple[Path, Any]]) -> None:
+    """Run each ``(path, write)`` in turn (each write is atomic); when one fails, remove the
+    outputs this call created, so an error leaves no partial result, and raise one line."""
+    created: list[Path] = []
+    for path, write in writes:
+        existed = path.exists()
+        try:
+            write()
+        except OSError as err:
+            for done in created:
+                done.unlink(missing_ok=True)
+            raise cannot_write(path, err) from err
+        if not existed:
+            created.append(path)
 
 
 def catalogue_bytes(table: Any, out: Path, rows_per_chunk: int = 100_000) -> bytes:

@@ -70,5 +70,7 @@ def write_gallery(
         axes[r, 0].set_ylabel(title, fontsize=7)
     fig.suptitle(f"{inp.path.name}: {len(p)} images", fontsize=9)
     fig.tight_layout()
-    atomic_savefig(fig, path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_savefig(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
