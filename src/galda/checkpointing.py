@@ -10,15 +10,31 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from galda.errors import GaldaError
 from galda.results import atomic_write_bytes
+from galda.rng import restore_rng_state, rng_state
 
 #: keys every Lightning checkpoint holds
 CHECKPOINT_KEYS = ("state_dict", "epoch", "global_step")
 RESUME_WAYS_OUT = "start over with resume=false, or delete the file"
+
+
+class ResumableRun(pl.LightningModule):
+    """What a checkpoint needs beyond Lightning's state for an exact resume: the RNG states (the
+    DANN discriminator's dropout draws from the global generator) and the epoch budget the
+    schedules were sized to (:func:`check_resume` refuses another)."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["galda_rng"] = rng_state()
+        checkpoint["galda_plan"] = {"max_epochs": int(self.trainer.max_epochs or -1)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("galda_rng") and self._trainer is not None:
+            restore_rng_state(checkpoint["galda_rng"])
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

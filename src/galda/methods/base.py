@@ -17,26 +17,24 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, cast
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
 
+from galda.checkpointing import ResumableRun
 from galda.losses import FisherLoss, entropy_loss
-from galda.metrics import METRIC_NAMES, NamedMeans, metric_collection
-from galda.models.normaliser import DOMAINS, DomainNormaliser
+from galda.methods.evaluation import EvaluationSteps, eval_metrics
+from galda.methods.training_logs import TrainingLogs
+from galda.metrics import NamedMeans
+from galda.models.normaliser import DomainNormaliser
 from galda.optim import (
     OptimizerFactory,
     SchedulerFactory,
     configure_optimizers,
     training_progress,
 )
-from galda.rng import restore_rng_state, rng_state
-
-STAGES = ("val", "test")
 
 
 class StepOutputs(NamedTuple):
@@ -46,7 +44,7 @@ class StepOutputs(NamedTuple):
     logits: Tensor
 
 
-class MergerClassifier(pl.LightningModule):
+class MergerClassifier(TrainingLogs, EvaluationSteps, ResumableRun):
     """Cross-entropy on labelled source images plus an optional transfer loss.
 
     Args:
@@ -94,16 +92,8 @@ class MergerClassifier(pl.LightningModule):
             self.uses_target_images = True  # type: ignore[misc]
         self.fisher = FisherLoss(self.net.feature_dim) if self.fisher_weight > 0 else None
         self.normaliser = DomainNormaliser(int(self.net.in_channels))
-        # Validation needs accuracy only (every epoch); the test stage gets the full set.
-        self.metrics = nn.ModuleDict(
-            {
-                f"{s}_{d}": metric_collection(f"{s}/{d}/", ("acc",) if s == "val" else METRIC_NAMES)
-                for s in STAGES
-                for d in DOMAINS
-            }
-        )
-        self.losses = nn.ModuleDict({f"{s}_{d}": MeanMetric() for s in STAGES for d in DOMAINS})
-        self.train_means = NamedMeans()
+        self.metrics, self.losses = eval_metrics()  # galda.methods.evaluation
+        self.train_means = NamedMeans()  # galda.methods.training_logs
 
     # -- the hooks subclasses override ----------------------------------------------------
     def transfer_loss(
@@ -182,77 +172,6 @@ class MergerClassifier(pl.LightningModule):
             batch_size=x_s.shape[0],
         )
         return loss
-
-    def log_training(self, values: Mapping[str, Tensor | float], batch_size: int) -> None:
-        """``<key>_epoch``: batch-weighted epoch means (one metric update per step, logged at the
-        epoch's end); ``<key>_step``: the step's values, on the steps the logger writes.
-
-        Why not ``self.log(on_step, on_epoch)`` per key: its Python cost per key and step was
-        about a third of the package's overhead over a plain loop (benchmarks/README.md).
-        """
-        like = next(v for v in values.values() if isinstance(v, Tensor))
-        tensors = {
-            k: v.detach() if isinstance(v, Tensor) else like.new_full((), float(v))
-            for k, v in values.items()
-        }
-        self.train_means.update(tensors, weight=float(batch_size))
-        trainer: Any = self.trainer  # log_every_n_steps and fast_dev_run are set at run time
-        if trainer.fast_dev_run or (self.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0:
-            self.log_dict(
-                {f"{k}_step": v for k, v in tensors.items()}, on_step=True, on_epoch=False
-            )
-
-    def on_train_epoch_end(self) -> None:
-        if self.train_means.update_count:
-            means = self.train_means.compute()
-            self.log_dict({f"{k}_epoch": v for k, v in means.items()}, on_epoch=True)
-        self.train_means.reset()
-
-    # -- evaluation -----------------------------------------------------------------------
-    def _domain(self, stage: str, dataloader_idx: int) -> str:
-        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
-        names = list(loaders) if isinstance(loaders, dict) else list(DOMAINS)
-        return names[dataloader_idx]
-
-    def _eval_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int) -> dict:
-        domain = self._domain(stage, dataloader_idx)
-        features, logits = self.net(batch["image"])
-        labels = batch.get("label")
-        if labels is not None:
-            key = f"{stage}_{domain}"
-            probs = logits.softmax(1)[:, 1]
-            # ModuleDict items are typed as Module; these hold the metrics built in __init__
-            metrics = cast(MetricCollection, self.metrics[key])
-            mean_loss = cast(MeanMetric, self.losses[key])
-            metrics.update(probs, labels)
-            mean_loss.update(F.cross_entropy(logits, labels, reduction="none"))
-            self.log_dict(metrics, on_epoch=True, add_dataloader_idx=False)
-            self.log(f"{stage}/{domain}/loss", mean_loss, on_epoch=True, add_dataloader_idx=False)
-        return {
-            "domain": domain,
-            "features": features.detach(),
-            "logits": logits.detach(),
-            "labels": labels,
-            "index": batch["index"],
-        }
-
-    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self._eval_step("val", batch, dataloader_idx)
-
-    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self._eval_step("test", batch, dataloader_idx)
-
-    # -- checkpoints ----------------------------------------------------------------------
-    # RNG states travel with checkpoints so that a resumed run continues exactly (dropout in
-    # the DANN discriminator draws from the global generator).
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["galda_rng"] = rng_state()
-        # the budget the schedules were sized to: a resume must keep it (galda.checkpointing)
-        checkpoint["galda_plan"] = {"max_epochs": int(self.trainer.max_epochs or -1)}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if checkpoint.get("galda_rng") and self._trainer is not None:
-            restore_rng_state(checkpoint["galda_rng"])
 
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -65,30 +65,23 @@ def predict(
     image, so an error leaves no file behind. Raises GaldaError (or IngestError) for bad input.
     """
     from galda.inference import load_model
-    from galda.results import atomic_write_bytes
 
     if not 0.0 <= threshold <= 1.0:
         raise GaldaError(f"--threshold {threshold}: must lie in [0, 1]")
     if batch_size < 1:
         raise GaldaError(f"--batch-size {batch_size}: must be at least 1")
-    out_path = check_output(out, force) if out is not None else None
-    gallery_path = check_output(gallery, force, "--gallery") if gallery is not None else None
-    outputs = {"--out": out_path, "--gallery": gallery_path}
-    inputs: list[tuple[str, str | os.PathLike | None]] = [
-        ("the model", model),
-        ("the images", input),
-        ("the --ids table", ids.rsplit(":", 1)[0] if ids and ":" in ids else None),
-    ]
-    for flag, path in outputs.items():
-        if path is not None:
-            check_not_input(path, inputs, flag)
-            check_writable(path)
+    outputs = {
+        "--out": check_output(out, force) if out is not None else None,
+        "--gallery": check_output(gallery, force, "--gallery") if gallery is not None else None,
+    }
+    ids_table = ids.rsplit(":", 1)[0] if ids and ":" in ids else None
+    _check_outputs(
+        outputs, [("the model", model), ("the images", input), ("the --ids table", ids_table)]
+    )
     loaded = load_model(model, domain=domain, calibrated=calibrated)
     models = loaded if isinstance(loaded, list) else [loaded]
     check_models(models)
-    for flag, path in outputs.items():  # the checkpoints a run or sweep folder names
-        if path is not None:
-            check_not_input(path, [("a checkpoint", m.checkpoint) for m in models], flag)
+    _check_outputs(outputs, [("a checkpoint", m.checkpoint) for m in models], probe=False)
     inp = open_input(input, id_key=id_key, ids=ids, images_key=images_key)
     try:
         for flag, path in outputs.items():  # a stamp of a folder input, by its name
@@ -99,21 +92,48 @@ def predict(
         check_compatible(inp, models[0])
         preds = run_models(models, inp, batch_size=batch_size, device=device, progress=progress)
         table = build_catalogue(preds, models, inp, threshold, str(model))
-        writes: list[tuple[Path, Any]] = []
-        if out_path is not None:
-            payload = catalogue_bytes(table, out_path)
-            writes.append((out_path, lambda: atomic_write_bytes(out_path, payload)))
-        if gallery_path is not None:
-            from galda.predict.gallery import write_gallery
-
-            ids_col = table["object_id"] if "object_id" in table.colnames else None
-            writes.append(
-                (
-                    gallery_path,
-                    lambda: write_gallery(gallery_path, inp, preds.mean, ids_col, gallery_size),
-                )
-            )
-        write_outputs(writes)
+        _write(table, preds, inp, outputs["--out"], outputs["--gallery"], gallery_size)
     finally:
         inp.close()
     return table
+
+
+def _check_outputs(
+    outputs: dict[str, Path | None],
+    inputs: list[tuple[str, Any]],
+    probe: bool = True,
+) -> None:
+    """Refuse an output that is one of ``inputs``; with ``probe``, test-write its folder."""
+    for flag, path in outputs.items():
+        if path is not None:
+            check_not_input(path, inputs, flag)
+            if probe:
+                check_writable(path)
+
+
+def _write(
+    table: Any,
+    preds: Any,
+    inp: Any,
+    out_path: Path | None,
+    gallery_path: Path | None,
+    gallery_size: int,
+) -> None:
+    """The catalogue and the gallery, each atomically (a failed second write removes the first)."""
+    from galda.results import atomic_write_bytes
+
+    writes: list[tuple[Path, Any]] = []
+    if out_path is not None:
+        payload = catalogue_bytes(table, out_path)
+        writes.append((out_path, lambda: atomic_write_bytes(out_path, payload)))
+    if gallery_path is not None:
+        from galda.predict.gallery import write_gallery
+
+        ids_col = table["object_id"] if "object_id" in table.colnames else None
+        writes.append(
+            (
+                gallery_path,
+                lambda: write_gallery(gallery_path, inp, preds.mean, ids_col, gallery_size),
+            )
+        )
+    write_outputs(writes)

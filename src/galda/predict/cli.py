@@ -39,12 +39,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", metavar="MODEL", help="checkpoint, run folder or sweep folder")
     p.add_argument("input", metavar="INPUT", help="HDF5, .npy, FITS cube or folder of stamps")
+    _add_reading(p.add_argument_group("reading the images"))
+    _add_writing(p.add_argument_group("the catalogue"))
+    run = p.add_argument_group("running")
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        metavar="N",
+        help="images per chunk read and classified (default 256)",
+    )
+    run.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
+    run.add_argument("--force", action="store_true", help="replace existing output files")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    return p
+
+
+def _add_writing(p: argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--out",
         required=True,
         metavar="FILE",
         help="catalogue to write: .csv, .ecsv or .fits (FITS, ECSV keep units, header)",
     )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="predicted_class = 1 when p_merger > THRESHOLD (default 0.5)",
+    )
+    p.add_argument(
+        "--gallery",
+        default=None,
+        metavar="PNG",
+        help="also draw the most and least confident images",
+    )
+    p.add_argument(
+        "--gallery-size",
+        type=int,
+        default=6,
+        metavar="K",
+        help="images per gallery row (default 6)",
+    )
+
+
+def _add_reading(p: argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--domain",
         choices=("source", "target"),
@@ -56,12 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
         dest="calibrated",
         action="store_false",
         help="ignore the temperature stored in the checkpoint (raw softmax)",
-    )
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=0.5,
-        help="predicted_class = 1 when p_merger > THRESHOLD (default 0.5)",
     )
     p.add_argument(
         "--id-key",
@@ -83,30 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="images dataset of an HDF5 input (default: images)",
     )
-    p.add_argument(
-        "--gallery",
-        default=None,
-        metavar="PNG",
-        help="also draw the most and least confident images",
-    )
-    p.add_argument(
-        "--gallery-size",
-        type=int,
-        default=6,
-        metavar="K",
-        help="images per gallery row (default 6)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=256,
-        metavar="N",
-        help="images per chunk read and classified (default 256)",
-    )
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
-    p.add_argument("--force", action="store_true", help="replace existing output files")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
