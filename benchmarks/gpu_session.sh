@@ -28,7 +28,13 @@
 # (~130 steps/s) -> 9 x 10 x 93 / 130 = ~65 s + start-up. The H100 should match the H200 here:
 # both steps are bound by kernel launches and Python (16 cores each), not by memory bandwidth.
 #
-# Expected wall time on one H100 (estimates; the real ones land in summary.json):
+# Measured on one H100 (session 3, experiments/table1_paper_h100/): setup 30 s, sim_paper 94 s,
+# paper_dm 23 of 30 runs in 192 s (47-53 s each, 8 packed, 1.1 epochs/s together: packing 8
+# processes on one GPU gains little over one job, ~93 vs 72-124 steps/s), ResNet18 baselines 91 s
+# each with 9 packed. Hence the limits of 240 s and 170 s above: the Table 1 grid alone then needs
+# ~560 s, so run it alone (T_SIM_SMALL=0 T_SMALL=0 T_HPO=0 T_BENCH=0 T_PACK=0 BUDGET_S=585) and
+# the bench, study and packing in a second call.
+# Earlier estimates (session 2), kept for the record:
 #   setup ~15 s | sim_paper ~80 s (79 s on the H200 machine) | paper_dm ~130-160 s |
 #   report ~8 s | paper_r18 ~65-80 s | report ~8 s | small ~75 s (sim ~10 s + 15 runs in 2 waves) |
 #   bench ~70 s (68 s on the H200) | packing ~45 s | archive ~5 s          => ~500-540 s
@@ -57,8 +63,8 @@ RESERVE_S=${RESERVE_S:-25}       # kept back for the final report + archive
 MIN_PHASE_S=${MIN_PHASE_S:-20}   # a phase with less time than this left is skipped
 T_SETUP=${T_SETUP:-60}
 T_SIM_PAPER=${T_SIM_PAPER:-130}
-T_PAPER_DM=${T_PAPER_DM:-190}
-T_PAPER_R18=${T_PAPER_R18:-120}
+T_PAPER_DM=${T_PAPER_DM:-240}
+T_PAPER_R18=${T_PAPER_R18:-170}
 T_SIM_SMALL=${T_SIM_SMALL:-40}
 T_SMALL=${T_SMALL:-90}
 T_BENCH=${T_BENCH:-90}
