@@ -220,20 +220,24 @@ def _colours(quiescent: bool, rng: np.random.Generator) -> np.ndarray:
     return np.array([rng.uniform(0.4, 1.4), rng.uniform(-0.7, -0.2), 0.0])
 
 
+def _main_sersic(
+    pos: np.ndarray,
+    re: float,
+    normal: np.ndarray,
+    rng: np.random.Generator,
+    n_range: tuple[float, float],
+    thickness_range: tuple[float, float],
+) -> Component:
+    """The galaxy's main Sérsic body; draws its index, then its thickness, in that order."""
+    n = _sersic_n(rng.uniform(*n_range))
+    return Component("sersic", np.zeros(3), pos, re, n, normal, rng.uniform(*thickness_range))
+
+
 def _quiescent_parts(
     pos: np.ndarray, re: float, normal: np.ndarray, rng: np.random.Generator
 ) -> list[tuple[Component, np.ndarray]]:
     """Spheroid plus, sometimes, a faint disc: (component, relative flux per band), main first."""
-    main = Component(
-        "sersic",
-        np.zeros(3),
-        pos,
-        re,
-        _sersic_n(rng.uniform(2.5, 4.5)),
-        normal,
-        rng.uniform(0.55, 0.9),
-    )
-    parts = [(main, np.ones(3))]
+    parts = [(_main_sersic(pos, re, normal, rng, (2.5, 4.5), (0.55, 0.9)), np.ones(3))]
     if rng.random() < 0.3:  # faint disc, bluer than the spheroid
         dt = rng.uniform(0.1, 0.3)
         disc = Component(
@@ -247,15 +251,7 @@ def _star_forming_parts(
     pos: np.ndarray, re: float, normal: np.ndarray, rng: np.random.Generator
 ) -> list[tuple[Component, np.ndarray]]:
     """Disc, star-forming clumps, sometimes a red bulge: (component, relative flux), main first."""
-    main = Component(
-        "sersic",
-        np.zeros(3),
-        pos,
-        re,
-        _sersic_n(rng.uniform(0.6, 1.8)),
-        normal,
-        rng.uniform(0.15, 0.25),
-    )
+    main = _main_sersic(pos, re, normal, rng, (0.6, 1.8), (0.15, 0.25))
     parts = [(main, np.ones(3))]
     fk = rng.uniform(0.05, 0.25)  # clumps: bluer than the disc (young stars)
     knots = Component(
