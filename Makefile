@@ -47,7 +47,7 @@ test: $(STAMP) lint ## Lint and types, then the test suite without the tests mar
 test-all: $(STAMP) lint ## Lint and types, then every test, slow ones included
 	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
 
-table1-quick: $(STAMP) ## Table 1 on 2 CPU cores: DeepMerge x 3 methods x 3 seeds, small set (~25 min, estimated from make run)
+table1-quick: $(STAMP) ## Table 1 on 2 CPU cores: DeepMerge x 3 methods x 3 seeds, small set (~25 min: an estimate, 4.5x make run's measured 5.5 min)
 	$(PY) -m galda.run experiment=table1_quick hydra/launcher=gpus $(ARGS)
 	$(PY) -m galda.report outputs/multirun/table1_quick --out experiments/table1_quick --paper
 
