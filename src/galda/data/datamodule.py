@@ -14,7 +14,7 @@ are ``{"image", "index"[, "label"]}`` with the row index in the domain file.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,20 +164,26 @@ def resolve_out_of_core(
     return streaming
 
 
-def channel_stats(images: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation (float64 accumulation, chunked)."""
-    c = images.shape[1]
-    total = np.zeros(c)
-    total_sq = np.zeros(c)
-    count = 0
-    for start in range(0, len(images), chunk):
-        block = images[start : start + chunk].astype(np.float64)
+def block_channel_stats(
+    blocks: Iterable[np.ndarray], channels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of image blocks (N, C, H, W), accumulated in float64
+    block by block: std = √(E[x²] − E[x]²) (a zero std becomes 1, so normalising is safe)."""
+    total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
+    for block in blocks:
+        block = block.astype(np.float64)
         total += block.sum(axis=(0, 2, 3))
         total_sq += (block**2).sum(axis=(0, 2, 3))
         count += block.shape[0] * block.shape[2] * block.shape[3]
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     return mean, np.where(std > 0, std, 1.0)
+
+
+def channel_stats(images: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of in-memory images (:func:`block_channel_stats`)."""
+    blocks = (images[start : start + chunk] for start in range(0, len(images), chunk))
+    return block_channel_stats(blocks, images.shape[1])
 
 
 class DomainAdaptationDataModule(pl.LightningDataModule):

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from galda.data.datamodule import EpochSeededSampler, identity_collate
+from galda.data.datamodule import EpochSeededSampler, block_channel_stats, identity_collate
 from galda.data.h5format import DataFormatError, DomainWriter, read_domain
 from galda.errors import ConfigError, GaldaError
 
@@ -362,17 +362,9 @@ def channel_stats_streamed(
     the in-memory array of those rows, so the statistics (and the normalisation) agree exactly.
     """
     reader = H5RowReader(path)
-    c = reader.shape[1]
-    total, total_sq, count = np.zeros(c), np.zeros(c), 0
     rows = np.asarray(rows, dtype=np.int64)
-    for start in range(0, len(rows), chunk):
-        block = reader.read(rows[start : start + chunk]).astype(np.float64)
-        total += block.sum(axis=(0, 2, 3))
-        total_sq += (block**2).sum(axis=(0, 2, 3))
-        count += block.shape[0] * block.shape[2] * block.shape[3]
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return mean, np.where(std > 0, std, 1.0)
+    blocks = (reader.read(rows[start : start + chunk]) for start in range(0, len(rows), chunk))
+    return block_channel_stats(blocks, reader.shape[1])
 
 
 def streaming_layout(path: str | os.PathLike) -> str:
