@@ -179,6 +179,11 @@ def table1_markdown(groups: list[Group], expected_seeds: list[int] | None = None
     return "\n".join(parts).rstrip() + "\n"
 
 
+#: the columns of :func:`_csv_key` and :func:`_csv_stat` (the stat ones prefixed in Table 1's CSV)
+_KEY_COLUMNS = ["data", "model", "method", "method_label", "uses_target_labels", "domain"]
+_STAT_COLUMNS = ["mean", "std", "n", "seeds", "missing_seeds", "failed_seeds"]
+
+
 def _csv_key(g: Group, dom: str) -> list[str]:
     """data, model, method, method_label, uses_target_labels, domain: the first CSV columns."""
     label = METHOD_LABELS.get(g.method, g.method)
@@ -200,23 +205,8 @@ def _csv_stat(g: Group, st: Stat) -> list[object]:
 def table1_csv(groups: list[Group]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(
-        [
-            "data",
-            "model",
-            "method",
-            "method_label",
-            "uses_target_labels",
-            "domain",
-            "acc_mean",
-            "acc_std",
-            "n",
-            "seeds",
-            "missing_seeds",
-            "failed_seeds",
-            "complete",
-        ]
-    )
+    stat_columns = [f"acc_{c}" if c in ("mean", "std") else c for c in _STAT_COLUMNS]
+    w.writerow([*_KEY_COLUMNS, *stat_columns, "complete"])
     for g in groups:
         for dom in DOMAINS:
             st = g.stats[(dom, "acc")]
@@ -343,23 +333,7 @@ def metrics_markdown(groups: list[Group]) -> str:
 def metrics_csv(groups: list[Group]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(
-        [
-            "data",
-            "model",
-            "method",
-            "method_label",
-            "uses_target_labels",
-            "domain",
-            "metric",
-            "mean",
-            "std",
-            "n",
-            "seeds",
-            "missing_seeds",
-            "failed_seeds",
-        ]
-    )
+    w.writerow([*_KEY_COLUMNS, "metric", *_STAT_COLUMNS])
     for g in groups:
         for dom in DOMAINS:
             for m in METRICS:
