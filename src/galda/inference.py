@@ -330,11 +330,11 @@ def predictor_from_checkpoint(
     path = Path(path)
     checkpoint = read_checkpoint(path)
     net = network_from_checkpoint(checkpoint, path)
-    if domain == "target" and checkpoint.get("adabn_target"):
-        # method=adabn: the batch-norm statistics re-estimated on the target travel separately
-        from galda.methods.bnmix import set_batchnorm_statistics
+    from galda.methods.domain_statistics import CHECKPOINT_KEY, set_batchnorm_statistics
 
-        set_batchnorm_statistics(net, checkpoint["adabn_target"])
+    if domain == "target" and checkpoint.get(CHECKPOINT_KEY):
+        # adabn or domain_batchnorm: the target's batch-norm statistics travel beside the network
+        set_batchnorm_statistics(net, checkpoint[CHECKPOINT_KEY])
     stats = normalisation_from_checkpoint(checkpoint, path)[domain]
     hp = _plain(checkpoint.get("hyper_parameters", {})) or {}
     fitted = checkpoint.get("temperature")

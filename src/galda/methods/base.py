@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from galda.checkpointing import ResumableRun
 from galda.losses import FisherLoss, entropy_loss
-from galda.methods.evaluation import EvaluationSteps, eval_metrics
+from galda.methods.domain_statistics import TargetStatistics
+from galda.methods.evaluation import eval_metrics
 from galda.methods.training_logs import TrainingLogs
 from galda.metrics import NamedMeans
 from galda.models.normaliser import DomainNormaliser
@@ -44,7 +45,7 @@ class StepOutputs(NamedTuple):
     logits: Tensor
 
 
-class MergerClassifier(TrainingLogs, EvaluationSteps, ResumableRun):
+class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
     """Cross-entropy on labelled source images plus an optional transfer loss.
 
     Args:
@@ -57,6 +58,9 @@ class MergerClassifier(TrainingLogs, EvaluationSteps, ResumableRun):
         transfer_weight: λ in Eq. 1.
         fisher_weight: weight of DeepMerge II's Fisher loss on source features (0 = off).
         entropy_weight: weight of entropy minimisation on target predictions (0 = off).
+        domain_batchnorm: normalise source and target batches separately, each domain with its own
+            running statistics (:mod:`galda.methods.domain_statistics`); ``False`` forwards both
+            domains as one batch, as the authors did.
     """
 
     #: the training step receives target images
@@ -72,6 +76,7 @@ class MergerClassifier(TrainingLogs, EvaluationSteps, ResumableRun):
         transfer_weight: float = 1.0,
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
+        domain_batchnorm: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(net, DictConfig):
@@ -87,6 +92,7 @@ class MergerClassifier(TrainingLogs, EvaluationSteps, ResumableRun):
         self.transfer_weight = float(transfer_weight)
         self.fisher_weight = float(fisher_weight)
         self.entropy_weight = float(entropy_weight)
+        self.domain_batchnorm = bool(domain_batchnorm)
         if self.entropy_weight > 0:
             # entropy minimisation reads target predictions: a per-instance override of the class flag
             self.uses_target_images = True  # type: ignore[misc]
@@ -133,9 +139,14 @@ class MergerClassifier(TrainingLogs, EvaluationSteps, ResumableRun):
     def _forward_domains(
         self, x_s: Tensor, x_t: Tensor | None
     ) -> tuple[StepOutputs, StepOutputs | None]:
-        """One forward pass over source and target together (batch norm sees both domains)."""
+        """One forward pass over source and target together (batch norm sees both domains), or
+        one per domain, each with its own batch-norm statistics (``domain_batchnorm``)."""
         if x_t is None:
             return StepOutputs(*self.net(x_s)), None
+        if self.domain_batchnorm:
+            source = StepOutputs(*self.net(x_s))
+            with self.target_statistics(keep_updates=True):
+                return source, StepOutputs(*self.net(x_t))
         features, logits = self.net(torch.cat([x_s, x_t]))
         n_s = x_s.shape[0]
         return (

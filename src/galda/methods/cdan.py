@@ -45,6 +45,7 @@ class CDANClassifier(MergerClassifier):
         transfer_weight: float = 1.0,
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
+        domain_batchnorm: bool = False,
         entropy_conditioning: bool = True,
         schedule: str = "ganin",
         gamma: float = 10.0,
@@ -55,7 +56,15 @@ class CDANClassifier(MergerClassifier):
         discriminator_dropout: float = 0.5,
         discriminator_lr_mult: float = 1.0,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, transfer_weight, fisher_weight, entropy_weight)
+        super().__init__(
+            net,
+            optimizer,
+            scheduler,
+            transfer_weight,
+            fisher_weight,
+            entropy_weight,
+            domain_batchnorm,
+        )
         if schedule not in REVERSAL_SCHEDULES:
             raise GaldaError(
                 f"method.module.schedule={schedule!r} is unknown; use one of {REVERSAL_SCHEDULES}"

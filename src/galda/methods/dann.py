@@ -31,6 +31,7 @@ class DANNClassifier(MergerClassifier):
         transfer_weight: float = 1.0,
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
+        domain_batchnorm: bool = False,
         schedule: str = "ganin",
         gamma: float = 10.0,
         max_coefficient: float = 1.0,
@@ -38,7 +39,15 @@ class DANNClassifier(MergerClassifier):
         discriminator_dropout: float = 0.5,
         discriminator_lr_mult: float = 1.0,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, transfer_weight, fisher_weight, entropy_weight)
+        super().__init__(
+            net,
+            optimizer,
+            scheduler,
+            transfer_weight,
+            fisher_weight,
+            entropy_weight,
+            domain_batchnorm,
+        )
         reversal_coefficient(schedule, 0.0, gamma, max_coefficient)  # validates the name early
         self.schedule = schedule
         self.gamma = float(gamma)

@@ -29,9 +29,18 @@ class MCCClassifier(MergerClassifier):
         transfer_weight: float = 1.0,
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
+        domain_batchnorm: bool = False,
         temperature: float = 2.5,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, transfer_weight, fisher_weight, entropy_weight)
+        super().__init__(
+            net,
+            optimizer,
+            scheduler,
+            transfer_weight,
+            fisher_weight,
+            entropy_weight,
+            domain_batchnorm,
+        )
         if not temperature > 0:
             raise GaldaError(f"method.module.temperature={temperature} must be > 0")
         self.temperature = float(temperature)

@@ -30,12 +30,21 @@ class MMDClassifier(MergerClassifier):
         transfer_weight: float = 1.0,
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
+        domain_batchnorm: bool = False,
         bandwidths: str = "median",
         unbiased: bool = True,
         n_kernels: int = 5,
         multiplier: float = 2.0,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, transfer_weight, fisher_weight, entropy_weight)
+        super().__init__(
+            net,
+            optimizer,
+            scheduler,
+            transfer_weight,
+            fisher_weight,
+            entropy_weight,
+            domain_batchnorm,
+        )
         self.mmd = MMDLoss(
             bandwidths=bandwidths, unbiased=unbiased, n_kernels=n_kernels, multiplier=multiplier
         )

@@ -33,10 +33,19 @@ class SelfTrainingClassifier(MergerClassifier):
         transfer_weight: float = 1.0,
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
+        domain_batchnorm: bool = False,
         threshold: float = 0.95,
         warmup: float = 0.2,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, transfer_weight, fisher_weight, entropy_weight)
+        super().__init__(
+            net,
+            optimizer,
+            scheduler,
+            transfer_weight,
+            fisher_weight,
+            entropy_weight,
+            domain_batchnorm,
+        )
         if not 0.0 <= threshold < 1.0:
             raise GaldaError(f"method.module.threshold={threshold} must be in [0, 1)")
         if not 0.0 <= warmup <= 1.0:
