@@ -34,6 +34,16 @@ class ReferenceLoop:
         self.weight = float(self.mcfg.get("transfer_weight", 1.0))
         memfmt = torch.channels_last if cfg.data.get("channels_last") else torch.contiguous_format
         self.net = net.to(device, memory_format=memfmt).train()
+        # domain_batchnorm: the target's own running statistics, handed to the net per call
+        self.target_buffers = (
+            {
+                name: torch.zeros_like(b) if name.endswith("mean") else torch.ones_like(b)
+                for name, b in self.net.named_buffers()
+                if name.endswith(("running_mean", "running_var"))
+            }
+            if self.mcfg.get("domain_batchnorm")
+            else None
+        )
         self._optimiser(cfg, groups, total_steps)
         self._precision(cfg, device)
         self.device = device
@@ -120,8 +130,12 @@ class ReferenceLoop:
         if not self.uses_target:
             return F.cross_entropy(self.net(x_s)[1], y_s)
         x_t = self._fetch(self.tgt.images, idx_t)
-        features, logits = self.net(torch.cat([x_s, x_t]))
-        f_s, f_t = features[:bs], features[bs:]
+        if self.target_buffers is None:
+            features, logits = self.net(torch.cat([x_s, x_t]))
+            f_s, f_t = features[:bs], features[bs:]
+        else:  # one forward per domain; batch norm updates the target buffers in place
+            f_s, logits = self.net(x_s)
+            f_t = torch.func.functional_call(self.net, self.target_buffers, (x_t,))[0]
         loss = F.cross_entropy(logits[:bs], y_s)
         if self.mmd is not None:
             return loss + self.weight * self.mmd(f_s, f_t)
