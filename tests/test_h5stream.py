@@ -197,3 +197,30 @@ def test_out_of_core_switch(files):
     assert OUT_OF_CORE_AUTO_BYTES == 4 * 2**30
     with pytest.raises(GaldaError, match="data.out_of_core"):
         use_out_of_core("sometimes", paths)
+
+
+def test_ingest_stream_command_writes_the_fast_layout(files, tmp_path, capsys):
+    from galda.ingest.cli import main
+
+    out = tmp_path / "stream.h5"
+    assert main(["stream", str(files["gzip"][1]), "--out", str(out)]) == 0
+    assert streaming_layout(out) == "raw"
+    before, after = read_domain(files["gzip"][1]), read_domain(out)
+    assert np.array_equal(before.images, after.images) and after.labels is None
+    assert np.array_equal(before.galaxy_id, after.galaxy_id)
+    assert "wrote" in capsys.readouterr().err
+    # refusals: one line naming the file, exit 2, the existing file untouched
+    stamp = out.stat().st_mtime_ns
+    assert main(["stream", str(files["gzip"][0]), "--out", str(out)]) == 2
+    assert f"{out}: already exists; add --force" in capsys.readouterr().err
+    assert out.stat().st_mtime_ns == stamp
+    assert main(["stream", str(out), "--out", str(out), "--force"]) == 2
+    assert "--out is the input file" in capsys.readouterr().err
+    not_galda = tmp_path / "other.h5"
+    with h5py.File(not_galda, "w") as f:
+        f["x"] = np.zeros(3)
+    assert main(["stream", str(not_galda), "--out", str(tmp_path / "x.h5")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(not_galda) in err[0] and not (tmp_path / "x.h5").exists()
+    assert main(["stream", str(files["gzip"][0]), "--out", str(out), "--force", "-q"]) == 0
+    assert read_domain(out).labels is not None

@@ -325,7 +325,7 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
             if streaming_layout(self.paths[domain]) != "raw":
                 log.warning(
                     "%s: compressed chunks make random batches slow to stream (~250x); "
-                    "galda.data.h5stream.rechunk_for_streaming writes the fast layout",
+                    "`python -m galda.ingest stream FILE --out COPY` writes the fast layout",
                     self.paths[domain],
                 )
 

@@ -24,6 +24,7 @@ examples:
       --match data/mine/source.h5
   python -m galda.ingest fits --cube cube.fits --labels labels.csv --domain source --out s.h5
   python -m galda.ingest fits --stamps stamps/ --labels stamps.csv --domain target --out t.h5
+  python -m galda.ingest stream data/survey/target.h5 --out data/survey/target-stream.h5
 
 Images must be channels-first (N, C, H, W) and square. See docs/ingest.md.
 """
@@ -150,6 +151,39 @@ def _add_hdf5(sub: Any) -> None:
     _common(p, single=True)
 
 
+def _add_stream(sub: Any) -> None:
+    p = sub.add_parser(
+        "stream",
+        help="copy a galda domain file into the layout data.out_of_core streams fast",
+        description="Copy a galda domain file with one uncompressed chunk per image, so "
+        "random batches read each image on its own (data.out_of_core; docs/training.md). "
+        "Labels, galaxy ids, parameters and attributes are kept.",
+    )
+    p.add_argument("file", metavar="FILE.h5", help="a galda domain file")
+    p.add_argument("--out", required=True, metavar="OUT.h5", help="the streaming copy")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+
+
+def _run_stream(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from galda.data.h5format import DataFormatError
+    from galda.data.h5stream import rechunk_for_streaming
+
+    src, out = Path(args.file), Path(args.out)
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise IngestError(out, "--out is the input file; write the copy under another name")
+    if out.exists() and not args.force:
+        raise IngestError(out, "already exists; add --force to replace it")
+    try:
+        rechunk_for_streaming(src, out, overwrite=args.force)
+    except DataFormatError as err:
+        raise IngestError(None, str(err)) from err
+    if not args.quiet:
+        print(f"{PROG}: wrote {out} (one uncompressed chunk per image)", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -158,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_deepmerge, _add_npy, _add_fits, _add_hdf5):
+    for add in (_add_deepmerge, _add_npy, _add_fits, _add_hdf5, _add_stream):
         add(sub)
     return parser
 
@@ -201,6 +235,9 @@ def _run(args: argparse.Namespace) -> None:
     from galda.ingest import api
     from galda.ingest.deepmerge import ingest_deepmerge
 
+    if args.command == "stream":
+        _run_stream(args)
+        return
     options = dict(
         force=args.force,
         drop_nonfinite=args.drop_nonfinite,
