@@ -278,6 +278,31 @@ def test_predict_gallery_write_failure_removes_the_new_catalogue(model_and_image
     assert len(read_table(outdir / "cat.csv")) == 5
 
 
+def test_predict_force_gallery_failure_brings_the_previous_catalogue_back(
+    model_and_images, tmp_path, capsys
+):
+    from galda.predict.cli import main
+
+    ckpt, x = model_and_images
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    old = outdir / "cat.csv"
+    old.write_text("the previous catalogue")
+    patch = pytest.MonkeyPatch()
+    try:  # the new catalogue is written; the gallery after it finds the disk full
+        deny(outdir, errno.ENOSPC, skip=".galda-write-probe.,.cat.csv,cat.csv", patch=patch.setattr)
+        args = ["--out", str(old), "--gallery", str(outdir / "g.png"), "--force", "-q"]
+        rc = main([str(ckpt), str(x), *args])
+    finally:
+        patch.undo()
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "g.png: cannot write" in err
+    assert _tree(outdir) == ["cat.csv"] and old.read_text() == "the previous catalogue"
+    # and when both writes succeed, the previous file's spare name is gone
+    assert main([str(ckpt), str(x), *args]) == 0
+    assert _tree(outdir) == ["cat.csv", "g.png"] and len(read_table(old)) == 5
+
+
 @pytest.mark.parametrize("which", ["images", "checkpoint", "checkpoint of a run", "ids", "stamp"])
 def test_predict_output_equal_to_an_input_is_refused(tmp_path, capsys, which):
     from astropy.io import fits

@@ -300,20 +300,49 @@ def check_writable(out: Path) -> None:
         raise cannot_write(out, err) from err
 
 
+def _keep_previous(path: Path) -> Path:
+    """A second name for an existing output (a hard link, else a copy), so it can come back."""
+    import shutil
+
+    backup = path.with_name(f".{path.name}.galda-previous")
+    backup.unlink(missing_ok=True)
+    try:
+        os.link(path, backup)
+    except OSError:
+        shutil.copy2(path, backup)
+    return backup
+
+
 def write_outputs(writes: Sequence[tuple[Path, Any]]) -> None:
-    """Run each ``(path, write)`` in turn (each write is atomic); when one fails, remove the
-    outputs this call created, so an error leaves no partial result, and raise one line."""
-    created: list[Path] = []
-    for path, write in writes:
-        existed = path.exists()
-        try:
-            write()
-        except OSError as err:
-            for done in created:
-                done.unlink(missing_ok=True)
-            raise cannot_write(path, err) from err
-        if not existed:
-            created.append(path)
+    """Run each ``(path, write)`` in turn (each write is atomic). When one fails, every output
+    is as it was before the call: files it created are removed and files it replaced (``--force``)
+    come back from a second name kept until the last write succeeded; then raise one line."""
+    done: list[tuple[Path, Path | None]] = []  # (output, its previous content's second name)
+    try:
+        for path, write in writes:
+            try:
+                previous = _keep_previous(path) if path.exists() else None
+            except OSError as err:
+                raise cannot_write(path, err) from err
+            try:
+                write()
+            except BaseException as err:
+                if previous is not None:  # the atomic write left ``path`` as it was
+                    previous.unlink(missing_ok=True)
+                if isinstance(err, OSError):
+                    raise cannot_write(path, err) from err
+                raise
+            done.append((path, previous))
+    except BaseException:
+        for path, previous in done:
+            if previous is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(previous, path)
+        raise
+    for _, previous in done:
+        if previous is not None:
+            previous.unlink(missing_ok=True)
 
 
 def catalogue_bytes(table: Any, out: Path, rows_per_chunk: int = 100_000) -> bytes:
