@@ -81,6 +81,23 @@ def test_target_statistics_travel_in_the_checkpoint_and_restore_on_load(monkeypa
         torch.testing.assert_close(got, want)
 
 
+def test_target_statistics_move_with_the_module():
+    torch.manual_seed(0)
+    module = MMDClassifier(TinyNet(), domain_batchnorm=True).train()
+    module._forward_domains(torch.randn(8, 3, 75, 75), torch.randn(8, 3, 75, 75) * 2)
+    before = [(m.clone(), v.clone()) for m, v in module.target_stats]
+    module.to(torch.float64)  # the same path as .to("cuda"): nn.Module._apply
+    assert [(m.dtype, v.dtype) for m, v in module.target_stats] == [
+        (torch.float64, torch.float64)
+    ] * len(before)
+    for (m, v), (m0, v0) in zip(module.target_stats, before):
+        torch.testing.assert_close((m, v), (m0.double(), v0.double()))
+    # and they are still what target evaluation swaps in
+    with module.target_statistics():
+        for layer, (m, _) in zip(batchnorm_layers(module.net), module.target_stats):
+            assert layer.running_mean is m
+
+
 def test_trained_run_classifies_each_domain_with_its_own_statistics(
     compose_cfg, sim_data_dir, tmp_path
 ):

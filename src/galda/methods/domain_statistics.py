@@ -85,6 +85,16 @@ class TargetStatistics(EvaluationSteps):
         super().__init__()
         self.target_stats: list[tuple[Tensor, Tensor]] = []
 
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        """``nn.Module._apply`` (behind ``.to``, ``.cuda``, ``.double``…) also moves the target statistics.
+
+        They are kept as a list beside the network, not as buffers, so that the checkpoint key and the
+        network's own ``state_dict`` stay as AdaBN has always written them.
+        """
+        module = super()._apply(fn, recurse)
+        self.target_stats = [(fn(mean), fn(var)) for mean, var in self.target_stats]
+        return module
+
     @contextlib.contextmanager
     def target_statistics(self, keep_updates: bool = False) -> Iterator[None]:
         """Swap the target statistics into the network for the block, then restore the source's.
