@@ -44,6 +44,7 @@ if _OMP_POLICY in ("passive", "active") and "OMP_WAIT_POLICY" not in os.environ:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_host_memory  # noqa: E402
 import bench_loader  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_out_of_core  # noqa: E402
@@ -98,6 +99,7 @@ BENCHMARKS = [
     # opt-in (`--only ...,predict`): its 200,000-image memory run writes a 13 GiB file
     Standalone(bench_predict, "predict", default=False),
     bench_simulation,
+    bench_host_memory,
     bench_memory,
 ]
 # Kept from the previous single-file script for benchmarks/channels_last.py and old callers.
@@ -123,6 +125,12 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
         "(default passive: robust on shared machines; 'default' leaves OpenMP's own)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's allocator as it is (default: reuse_host_memory, as galda.train does; "
+        "process-wide, so the plain loop and skada run with it too)",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels-last images and model")
     p.add_argument("--on-device", action="store_true", help="data.on_device=true")
     p.add_argument("--precision", default=None, help="override trainer.precision")
@@ -192,6 +200,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "on_device": args.on_device,
         "precision_override": args.precision,
         "threads_override": args.threads,
+        "reuse_host_memory_mmap_threshold": getattr(args, "mmap_threshold", None),
         "mode": args.mode,
         "no_step_logging_diagnostic": args.no_step_logging,
         "images_counted": "images forwarded per step: source + target (128 + 128) for "
@@ -248,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from galda.host_memory import reuse_freed_memory
+
+    args.mmap_threshold = None if args.system_malloc else reuse_freed_memory()
     from rich.console import Console
 
     args.console = Console(width=None if sys.stdout.isatty() else 132)

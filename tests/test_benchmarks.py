@@ -80,6 +80,12 @@ def test_quick_benchmark_writes_json(tmp_path):
     if report["simulation"]["status"] == "ok":
         assert _positive(report["simulation"]["images_per_s_per_core"])
     assert _positive(report["memory"]["peak_rss_mib_process"])
+    host = report["host_memory"]
+    assert set(host["rows"]) == {"system", "reuse"} and host["batch_per_domain"] == batch
+    for row in host["rows"].values():
+        assert _positive(row["mmd_per_image_vs_baseline"]) and _positive(row["peak_rss_mib"])
+    assert host["rows"]["system"]["mmap_threshold"] is None
+    assert "host_memory_mmd_per_image_within_25pct" in report["acceptance"]
     assert "package_ge_0.9x_reference" in report["acceptance"]
     assert report["peers"]["status"] == "skipped"  # not selected: the key stays
     ooc = report["out_of_core"]

@@ -277,9 +277,10 @@ def _value_problems(cfg: Any) -> list[GaldaError]:
     tw = _get(cfg, "method.module.transfer_weight")
     if tw is not None and (_number(tw) is None or _number(tw) < 0):  # type: ignore[operator]
         problems.append(ConfigError(f"method.module.transfer_weight={tw}: must be 0 or more"))
-    dbn = _get(cfg, "method.module.domain_batchnorm")
-    if dbn is not None and not isinstance(dbn, bool):
-        problems.append(ConfigError(f"method.module.domain_batchnorm={dbn}: must be true or false"))
+    for key in ("method.module.domain_batchnorm", "reuse_host_memory"):
+        flag = _get(cfg, key)
+        if flag is not None and not isinstance(flag, bool):
+            problems.append(ConfigError(f"{key}={flag}: must be true or false"))
     return problems
 
 

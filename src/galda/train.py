@@ -26,6 +26,7 @@ from galda.callbacks import PredictionWriter
 from galda.checkpointing import AtomicCheckpointIO, check_resume
 from galda.devices import configure_job_resources
 from galda.errors import GaldaError
+from galda.host_memory import configure_host_memory
 from galda.methods.base import MergerClassifier
 from galda.metrics import binary_confusion
 from galda.preflight import preflight, preflight_config, smoke_reasons
@@ -71,7 +72,15 @@ def _best_epoch(path: str | None) -> int | None:
 
 
 #: config keys that say how to run, not what to compute: they never force a rerun
-RUN_CONTROL_KEYS = ("skip_completed", "resume", "ckpt_path", "paths", "pin_devices", "slurm")
+RUN_CONTROL_KEYS = (
+    "skip_completed",
+    "resume",
+    "ckpt_path",
+    "paths",
+    "pin_devices",
+    "slurm",
+    "reuse_host_memory",  # speed only
+)
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -328,6 +337,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if stored is not None:
         return stored
     preflight_config(cfg)  # settings that need no data: before anything is read or written
+    configure_host_memory(bool(cfg.get("reuse_host_memory", True)))
     started = time.time()
     commit = res.git_commit()  # at the start: the code this run trains with
     pl.seed_everything(int(cfg.seed), workers=True)
