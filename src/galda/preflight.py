@@ -277,6 +277,17 @@ def _value_problems(cfg: Any) -> list[GaldaError]:
     tw = _get(cfg, "method.module.transfer_weight")
     if tw is not None and (_number(tw) is None or _number(tw) < 0):  # type: ignore[operator]
         problems.append(ConfigError(f"method.module.transfer_weight={tw}: must be 0 or more"))
+    align = _get(cfg, "method.module.align")
+    if align is not None:
+        from galda.methods.base import ALIGN_MODES  # torch: only when a method sets it
+
+        if align not in ALIGN_MODES:
+            problems.append(
+                ConfigError(
+                    f"method.module.align={align}: must be one of {', '.join(ALIGN_MODES)}, "
+                    "e.g. method.module.align=target"
+                )
+            )
     for key in ("method.module.domain_batchnorm", "reuse_host_memory"):
         flag = _get(cfg, key)
         if flag is not None and not isinstance(flag, bool):

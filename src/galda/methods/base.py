@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from galda.checkpointing import ResumableRun
+from galda.errors import ConfigError
 from galda.losses import FisherLoss, entropy_loss
 from galda.methods.domain_statistics import TargetStatistics
 from galda.methods.evaluation import eval_metrics
@@ -37,12 +38,19 @@ from galda.optim import (
     training_progress,
 )
 
+#: ``align``: which domains' features the transfer loss moves
+ALIGN_MODES = ("both", "target")
+
 
 class StepOutputs(NamedTuple):
     """What the network returns for one domain's batch."""
 
     features: Tensor
     logits: Tensor
+
+    def detached(self) -> StepOutputs:
+        """The same outputs cut from the graph (a stop-gradient anchor for the transfer loss)."""
+        return StepOutputs(self.features.detach(), self.logits.detach())
 
 
 class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
@@ -61,6 +69,10 @@ class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
         domain_batchnorm: normalise source and target batches separately, each domain with its own
             running statistics (:mod:`galda.methods.domain_statistics`); ``False`` forwards both
             domains as one batch, as the authors did.
+        align: ``"both"`` (the authors'): the transfer loss moves source and target features
+            toward each other; ``"target"``: the source features enter the transfer loss detached
+            (stop-gradient), so only the target's are moved toward the source's and the source
+            representation is shaped by the classification loss alone.
     """
 
     #: the training step receives target images
@@ -77,6 +89,7 @@ class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
         domain_batchnorm: bool = False,
+        align: str = "both",
     ) -> None:
         super().__init__()
         if isinstance(net, DictConfig):
@@ -93,6 +106,11 @@ class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
         self.fisher_weight = float(fisher_weight)
         self.entropy_weight = float(entropy_weight)
         self.domain_batchnorm = bool(domain_batchnorm)
+        if align not in ALIGN_MODES:
+            raise ConfigError(
+                f"method.module.align={align}: must be one of {', '.join(ALIGN_MODES)}"
+            )
+        self.align = align
         if self.entropy_weight > 0:
             # entropy minimisation reads target predictions: a per-instance override of the class flag
             self.uses_target_images = True  # type: ignore[misc]
@@ -164,7 +182,8 @@ class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
         }
         logs: dict[str, Tensor | float] = {}
         if target_out is not None:
-            transfer, logs = self.transfer_loss(source_out, target_out)
+            anchor = source_out if self.align == "both" else source_out.detached()
+            transfer, logs = self.transfer_loss(anchor, target_out)
             terms["transfer"] = (self.transfer_weight, transfer)
             if self.entropy_weight > 0:
                 terms["entropy"] = (self.entropy_weight, entropy_loss(target_out.logits))

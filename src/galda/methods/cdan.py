@@ -46,6 +46,7 @@ class CDANClassifier(MergerClassifier):
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
         domain_batchnorm: bool = False,
+        align: str = "both",
         entropy_conditioning: bool = True,
         schedule: str = "ganin",
         gamma: float = 10.0,
@@ -64,6 +65,7 @@ class CDANClassifier(MergerClassifier):
             fisher_weight,
             entropy_weight,
             domain_batchnorm,
+            align,
         )
         if schedule not in REVERSAL_SCHEDULES:
             raise GaldaError(

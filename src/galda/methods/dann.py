@@ -32,6 +32,7 @@ class DANNClassifier(MergerClassifier):
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
         domain_batchnorm: bool = False,
+        align: str = "both",
         schedule: str = "ganin",
         gamma: float = 10.0,
         max_coefficient: float = 1.0,
@@ -47,6 +48,7 @@ class DANNClassifier(MergerClassifier):
             fisher_weight,
             entropy_weight,
             domain_batchnorm,
+            align,
         )
         reversal_coefficient(schedule, 0.0, gamma, max_coefficient)  # validates the name early
         self.schedule = schedule

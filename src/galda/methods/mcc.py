@@ -30,6 +30,7 @@ class MCCClassifier(MergerClassifier):
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
         domain_batchnorm: bool = False,
+        align: str = "both",
         temperature: float = 2.5,
     ) -> None:
         super().__init__(
@@ -40,6 +41,7 @@ class MCCClassifier(MergerClassifier):
             fisher_weight,
             entropy_weight,
             domain_batchnorm,
+            align,
         )
         if not temperature > 0:
             raise GaldaError(f"method.module.temperature={temperature} must be > 0")

@@ -31,6 +31,7 @@ class MMDClassifier(MergerClassifier):
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
         domain_batchnorm: bool = False,
+        align: str = "both",
         bandwidths: str = "median",
         unbiased: bool = True,
         n_kernels: int = 5,
@@ -44,6 +45,7 @@ class MMDClassifier(MergerClassifier):
             fisher_weight,
             entropy_weight,
             domain_batchnorm,
+            align,
         )
         self.mmd = MMDLoss(
             bandwidths=bandwidths, unbiased=unbiased, n_kernels=n_kernels, multiplier=multiplier

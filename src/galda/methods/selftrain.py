@@ -34,6 +34,7 @@ class SelfTrainingClassifier(MergerClassifier):
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
         domain_batchnorm: bool = False,
+        align: str = "both",
         threshold: float = 0.95,
         warmup: float = 0.2,
     ) -> None:
@@ -45,6 +46,7 @@ class SelfTrainingClassifier(MergerClassifier):
             fisher_weight,
             entropy_weight,
             domain_batchnorm,
+            align,
         )
         if not 0.0 <= threshold < 1.0:
             raise GaldaError(f"method.module.threshold={threshold} must be in [0, 1)")
