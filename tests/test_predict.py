@@ -686,8 +686,11 @@ def test_load_from_checkpoint_needs_no_other_argument(compose_cfg, sim_data_dir,
     x = torch.from_numpy(read_domain_images(_target_file(sim_data_dir), 8))
     module.eval()
     with torch.no_grad():
-        if method == "adabn":  # target images use the target batch-norm statistics
+        # AdaBN and per-domain batch norm (DANN's default): target images use the target
+        # batch-norm statistics, which the checkpoint carries
+        if method == "adabn" or cfg.method.module.get("domain_batchnorm"):
             assert torch.load(results["checkpoint"], weights_only=True)["adabn_target"]
+            assert module.target_stats
             with module.target_statistics():
                 expected = module(module.normalise(x, "target")).softmax(1)[:, 1]
         else:
