@@ -108,7 +108,13 @@ def _auc_text(group: Group, domain: str, curve: tuple | None) -> str:
     return "n/a"
 
 
-def _bar_set(ax: Any, g: Group, dom: str, x: np.ndarray, width: float, color: str) -> None:
+#: above this many bars per metric the values are left to the tables (they would overlap)
+MAX_LABELLED_BARS = 10
+
+
+def _bar_set(
+    ax: Any, g: Group, dom: str, x: np.ndarray, width: float, color: str, values: bool = True
+) -> None:
     """One group's bars for one domain (source hatched, target solid), with error bars and values."""
     from matplotlib.colors import to_rgba
 
@@ -131,6 +137,8 @@ def _bar_set(ax: Any, g: Group, dom: str, x: np.ndarray, width: float, color: st
         **kw,
     )
     for xi, mval, e in zip(x, means, errs):
+        if not values:
+            continue
         if math.isnan(mval):
             ax.text(xi, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
             continue
@@ -161,10 +169,10 @@ def _metric_panel(
             offset = (j - (n_bars - 1) / 2) * width
             j += 1
             if g is not None:
-                _bar_set(ax, g, dom, x + offset, width, colors[key])
+                _bar_set(ax, g, dom, x + offset, width, colors[key], n_bars <= MAX_LABELLED_BARS)
     ax.set_xticks(x)
     ax.set_xticklabels(
-        [METRIC_LABELS[m] + (" (lower is better)" if m == "brier" else "") for m in METRICS],
+        [METRIC_LABELS[m] + ("\n(lower is better)" if m == "brier" else "") for m in METRICS],
         fontsize=10,
     )
     ax.set_ylim(0, 1.22)
@@ -185,16 +193,28 @@ def _metric_panel(
         Patch(facecolor="white", edgecolor="black", hatch=SOURCE_HATCH, label="source"),
         Patch(facecolor="black", edgecolor="black", label="target"),
     ]
+    # below the axes, in rows of at most five: long method names never run off the figure
     ax.legend(
         handles=handles,
         loc="upper center",
-        ncol=len(handles),
+        ncol=min(len(handles), 5),
         fontsize=8.5,
         frameon=False,
-        bbox_to_anchor=(0.5, 1.0),
+        bbox_to_anchor=(0.5, -0.1),
         handlelength=1.6,
         columnspacing=1.2,
     )
+    if n_bars > MAX_LABELLED_BARS:
+        ax.text(
+            1.0,
+            1.01,
+            "values: metrics.md",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=8,
+            color="grey",
+        )
 
 
 def _roc_panel(
@@ -230,7 +250,7 @@ def _roc_panel(
         rax.text(
             0.5,
             0.5,
-            "no predictions.npz",
+            "no predictions.npz\nbeside results.json",
             ha="center",
             va="center",
             transform=rax.transAxes,
@@ -251,7 +271,10 @@ def draw_figure1(groups: list[Group], data: str):
     colors = {k: method_color(*k) for k in rows}
     idx = {(g.model, g.method, g.uses_target_labels): g for g in gs}
 
-    fig = plt.figure(figsize=(16, 5.2 * len(models)), constrained_layout=True)
+    n_legend_rows = -(-(len(rows) + 2) // 5)  # methods + source/target keys, five per row
+    fig = plt.figure(
+        figsize=(16, (5.0 + 0.3 * n_legend_rows) * len(models)), constrained_layout=True
+    )
     grid = fig.add_gridspec(len(models), 2, width_ratios=[3.3, 1.15])
     fig.suptitle(
         f"Figure 1 — test metrics and ROC curves, data: {data} (mean ± sample std over seeds)",
