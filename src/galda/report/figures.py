@@ -157,7 +157,6 @@ def _metric_panel(
     ax: Any, model: str, model_rows: list, idx: dict, colors: dict[tuple[str, bool], str]
 ) -> None:
     """Bars of every metric for the methods run with ``model``; axes, title and legend."""
-    from matplotlib.patches import Patch
 
     n_bars = 2 * len(model_rows)
     width = 0.86 / max(n_bars, 1)
@@ -186,6 +185,16 @@ def _metric_panel(
         loc="left",
         fontsize=11,
     )
+    _metric_legend(ax, model_rows, colors, n_bars)
+
+
+def _metric_legend(
+    ax: Any, model_rows: list, colors: dict[tuple[str, bool], str], n_bars: int
+) -> None:
+    """The methods' colours and the source/target key, below the axes in rows of at most five
+    (long method names never run off the figure)."""
+    from matplotlib.patches import Patch
+
     handles = [
         Patch(facecolor=colors[k], edgecolor=colors[k], label=method_label(*k)) for k in model_rows
     ]
@@ -193,7 +202,6 @@ def _metric_panel(
         Patch(facecolor="white", edgecolor="black", hatch=SOURCE_HATCH, label="source"),
         Patch(facecolor="black", edgecolor="black", label="target"),
     ]
-    # below the axes, in rows of at most five: long method names never run off the figure
     ax.legend(
         handles=handles,
         loc="upper center",
