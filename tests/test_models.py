@@ -27,3 +27,42 @@ def test_resnet18_bottleneck_and_learning_rate_groups():
 def test_discriminator_on_deepmerge_features():
     d = DomainDiscriminator(2_592)
     assert d(torch.randn(5, 2_592)).shape == (5,)
+
+
+def test_deepmerge_penultimate_feature_layer_is_the_last_hidden_layer():
+    torch.manual_seed(0)
+    flat = DeepMerge()
+    torch.manual_seed(0)
+    pen = DeepMerge(feature_layer="penultimate")
+    assert pen.feature_dim == 32 and count_trainable(pen) == count_trainable(flat)
+    x = torch.randn(3, 3, 75, 75)
+    flat.eval(), pen.eval()
+    features, logits = pen(x)
+    # plain reference: the flatten layer through the first four head modules
+    reference = flat.head[:4](flat.features(x))
+    torch.testing.assert_close(features, reference)
+    torch.testing.assert_close(logits, flat(x)[1])
+    assert (features >= 0).all()  # after the hidden layer's ReLU
+
+
+def test_deepmerge_refuses_an_unknown_feature_layer():
+    import pytest
+
+    with pytest.raises(ValueError, match="feature_layer=conv3"):
+        DeepMerge(feature_layer="conv3")
+
+
+def test_preflight_refuses_an_unknown_feature_layer(compose_cfg, sim_data_dir):
+    import pytest
+
+    from galda.errors import ConfigError
+    from galda.preflight import preflight_config
+
+    cfg = compose_cfg(
+        "data=tiny",
+        f"paths.data_dir={sim_data_dir}",
+        "model=deepmerge",
+        "model.net.feature_layer=conv3",
+    )
+    with pytest.raises(ConfigError, match="model.net.feature_layer=conv3: must be flatten or"):
+        preflight_config(cfg)

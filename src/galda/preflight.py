@@ -288,6 +288,14 @@ def _value_problems(cfg: Any) -> list[GaldaError]:
                     "e.g. method.module.align=target"
                 )
             )
+    layer = _get(cfg, "model.net.feature_layer")
+    if layer is not None and layer not in ("flatten", "penultimate"):
+        problems.append(
+            ConfigError(
+                f"model.net.feature_layer={layer}: must be flatten or penultimate "
+                "(the layer the transfer loss reads), e.g. model.net.feature_layer=flatten"
+            )
+        )
     for key in ("method.module.domain_batchnorm", "reuse_host_memory"):
         flag = _get(cfg, key)
         if flag is not None and not isinstance(flag, bool):

@@ -17,11 +17,30 @@ class DeepMerge(nn.Module):
     Three Conv-BN-ReLU-MaxPool blocks (8, 16, 32 filters; 5×5 then 3×3 kernels) → flatten
     (32·9·9 = 2,592 features for 75×75 input) → Dense 64 → Dense 32 → 2 logits.
     174,626 trainable parameters for 3×75×75 input.
+
+    ``feature_layer`` is the layer the transfer losses read: ``"flatten"`` (the authors', 2,592-d)
+    or ``"penultimate"`` (the 32-d output of the last hidden dense layer, after its ReLU, as
+    Transfer-Learning-Library aligns a bottleneck). Matching the two domains' distributions on the
+    last hidden layer leaves the convolutional features free to differ between the domains.
     """
 
-    def __init__(self, in_channels: int = 3, image_size: int = 75, n_classes: int = 2) -> None:
+    FEATURE_LAYERS = ("flatten", "penultimate")
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        image_size: int = 75,
+        n_classes: int = 2,
+        feature_layer: str = "flatten",
+    ) -> None:
         super().__init__()
+        if feature_layer not in self.FEATURE_LAYERS:
+            raise ValueError(
+                f"model.net.feature_layer={feature_layer}: must be one of "
+                + ", ".join(self.FEATURE_LAYERS)
+            )
         self.in_channels = in_channels
+        self.feature_layer = feature_layer
 
         def block(c_in: int, c_out: int, k: int) -> list[nn.Module]:
             return [
@@ -37,18 +56,22 @@ class DeepMerge(nn.Module):
         side = image_size
         for _ in range(3):
             side //= 2
-        self.feature_dim = 32 * side * side
+        flat_dim = 32 * side * side
         self.head = nn.Sequential(
-            nn.Linear(self.feature_dim, 64),
+            nn.Linear(flat_dim, 64),
             nn.ReLU(inplace=True),
             nn.Linear(64, 32),
             nn.ReLU(inplace=True),
             nn.Linear(32, n_classes),
         )
+        self.feature_dim = flat_dim if feature_layer == "flatten" else 32
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f = self.features(x)
-        return f, self.head(f)
+        if self.feature_layer == "flatten":
+            return f, self.head(f)
+        hidden = self.head[:-1](f)
+        return hidden, self.head[-1](hidden)
 
     def parameter_groups(self) -> list[dict]:
         return [{"params": list(self.parameters()), "lr_mult": 1.0, "name": "net"}]
