@@ -144,7 +144,7 @@ def compose_config(
         f"data.target_path={paths[1]}",
         "data.simulate=null",
         f"data.batch_size={args.batch_size}",
-        f"data.channels_last={str(bool(args.channels_last)).lower()}",
+        f"data.channels_last={args.channels_last}",
         f"data.on_device={str(bool(args.on_device)).lower()}",
         f"paths.output_dir={out_dir}",
         *(extra or []),

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from galda.memory_format import channels_last_for
+
 
 class ReferenceLoop:
     """The same network, data, loss, optimiser and schedule as a hand-written PyTorch loop.
@@ -32,7 +34,7 @@ class ReferenceLoop:
         groups = list(net.parameter_groups()) + self._method_parts(net, device)
         self.uses_target = self.method != "baseline"
         self.weight = float(self.mcfg.get("transfer_weight", 1.0))
-        memfmt = torch.channels_last if cfg.data.get("channels_last") else torch.contiguous_format
+        memfmt = torch.channels_last if channels_last_for(cfg) else torch.contiguous_format
         self.net = net.to(device, memory_format=memfmt).train()
         # domain_batchnorm: the target's own running statistics, handed to the net per call
         self.target_buffers = (

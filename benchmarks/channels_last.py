@@ -41,7 +41,7 @@ def main() -> int:
         dms = {}
         for cl in (False, True):
             ns = bench.parse_args(
-                ["--batch-size", str(args.batch_size)] + (["--channels-last"] if cl else [])
+                ["--batch-size", str(args.batch_size), "--channels-last", str(cl).lower()]
             )
             cfg = common.compose_config("deepmerge", "baseline", ns, device, paths, tmp / "run")
             common.apply_torch_flags(cfg)

@@ -131,7 +131,14 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
         help="leave glibc's allocator as it is (default: reuse_host_memory, as galda.train does; "
         "process-wide, so the plain loop and skada run with it too)",
     )
-    p.add_argument("--channels-last", action="store_true", help="channels-last images and model")
+    p.add_argument(
+        "--channels-last",
+        nargs="?",
+        const="true",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="data.channels_last: auto (the package default: channels-last on the CPU), true, false",
+    )
     p.add_argument("--on-device", action="store_true", help="data.on_device=true")
     p.add_argument("--precision", default=None, help="override trainer.precision")
     names = ", ".join(m.NAME for m in BENCHMARKS)
@@ -246,7 +253,9 @@ def _prepare(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     if args.warmup is None:
         args.warmup = 1 if args.quick or device.type != "cuda" else 5
     info = machine_info(device)
-    slug = machine_slug(info) + ("-channels-last" if args.channels_last else "")
+    slug = machine_slug(info) + {"true": "-channels-last", "false": "-nchw"}.get(
+        args.channels_last, ""
+    )
     slug += ("-no-step-logging" if args.no_step_logging else "") + ("-quick" if args.quick else "")
     args.out_path = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"{slug}.json"
     return info

@@ -184,8 +184,11 @@ def test_peer_row_runs_or_says_why_not(bench, tmp_path):
         return
     assert peers["status"] == "ok" and [r["method"] for r in peers["rows"]] == ["baseline", "mmd"]
     for row in peers["rows"]:
-        for name in ("galda", "galda_channels_last", "skada"):
+        for name in ("galda", "galda_nchw", "skada"):
             assert _positive(row[name]["seconds_per_epoch"]), (row["method"], name)
         assert _positive(row["galda_over_skada"])
     assert row["skada_method"] == "DAN"
+    import torch
+
+    assert row["galda_layout"] == ("nchw" if torch.cuda.is_available() else "channels_last")
     assert _positive(report["acceptance"]["mmd_over_baseline_per_image"])

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from galda.errors import RUN_FOLDER_KEYS, ConfigError, DataError, GaldaError, cannot_write
+from galda.memory_format import CHOICES as LAYOUT_CHOICES
 from galda.results import probe_writable
 
 log = logging.getLogger("galda")
@@ -277,6 +278,12 @@ def _value_problems(cfg: Any) -> list[GaldaError]:
     tw = _get(cfg, "method.module.transfer_weight")
     if tw is not None and (_number(tw) is None or _number(tw) < 0):  # type: ignore[operator]
         problems.append(ConfigError(f"method.module.transfer_weight={tw}: must be 0 or more"))
+    return problems + _choice_problems(cfg)
+
+
+def _choice_problems(cfg: Any) -> list[GaldaError]:
+    """Keys that take one of a few words, or true / false."""
+    problems: list[GaldaError] = []
     align = _get(cfg, "method.module.align")
     if align is not None:
         from galda.methods.base import ALIGN_MODES  # torch: only when a method sets it
@@ -289,11 +296,24 @@ def _value_problems(cfg: Any) -> list[GaldaError]:
                 )
             )
     layer = _get(cfg, "model.net.feature_layer")
-    if layer is not None and layer not in ("flatten", "penultimate"):
+    if layer is not None:
+        from galda.models import DeepMerge  # torch: only when a network sets it
+
+        if layer not in DeepMerge.FEATURE_LAYERS:
+            problems.append(
+                ConfigError(
+                    f"model.net.feature_layer={layer}: must be "
+                    f"{' or '.join(DeepMerge.FEATURE_LAYERS)} (the layer the transfer loss "
+                    "reads), e.g. model.net.feature_layer=flatten"
+                )
+            )
+    memory_format = _get(cfg, "data.channels_last")
+    if memory_format is not None and str(memory_format).strip().lower() not in LAYOUT_CHOICES:
         problems.append(
             ConfigError(
-                f"model.net.feature_layer={layer}: must be flatten or penultimate "
-                "(the layer the transfer loss reads), e.g. model.net.feature_layer=flatten"
+                f"data.channels_last={memory_format}: must be {', '.join(LAYOUT_CHOICES[:-1])} "
+                f"or {LAYOUT_CHOICES[-1]}, "
+                "e.g. data.channels_last=auto"
             )
         )
     for key in ("method.module.domain_batchnorm", "reuse_host_memory"):

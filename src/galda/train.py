@@ -27,6 +27,7 @@ from galda.checkpointing import AtomicCheckpointIO, check_resume
 from galda.devices import configure_job_resources
 from galda.errors import GaldaError
 from galda.host_memory import configure_host_memory
+from galda.memory_format import channels_last_for
 from galda.methods.base import MergerClassifier
 from galda.metrics import binary_confusion
 from galda.preflight import preflight, preflight_config, smoke_reasons
@@ -141,7 +142,7 @@ def build_module(cfg: DictConfig) -> MergerClassifier:
         if isinstance(err.__cause__, GaldaError):
             raise err.__cause__ from None
         raise
-    if cfg.data.get("channels_last"):
+    if channels_last_for(cfg):
         module = module.to(memory_format=torch.channels_last)
     return module
 
@@ -229,7 +230,9 @@ class _Setup(NamedTuple):
 def _set_up(cfg: DictConfig, run_dir: Path) -> _Setup:
     """Data (made if missing, checked against the config), module, callbacks, loggers, trainer."""
     ensure_data(cfg.data)
-    datamodule = instantiate(datamodule_config(cfg.data), _convert_="all")
+    dm_cfg = datamodule_config(cfg.data)
+    dm_cfg.channels_last = channels_last_for(cfg)  # auto: by trainer.accelerator
+    datamodule = instantiate(dm_cfg, _convert_="all")
     preflight(cfg, datamodule)  # the config against the files on disk, before any training
     module = build_module(cfg)
     datamodule.configure_training(module.uses_target_images, type(module).uses_target_labels)

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from galda.data.h5format import DataFormatError, DomainData, read_domain
 from galda.errors import ConfigError, GaldaError
+from galda.memory_format import channels_last_enabled
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,8 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         split_fractions: train / val / test fractions of galaxies (paper: 0.7 / 0.1 / 0.2).
         num_workers: DataLoader worker processes (0 is fastest for in-memory tensors).
         on_device: move the normalised tensors to the accelerator once (GPU runs).
-        channels_last: store images in channels-last memory format.
+        channels_last: ``auto`` | ``true`` | ``false``: store images channels-last
+            (:mod:`galda.memory_format`; ``auto``: on when no GPU is present).
         out_of_core: ``auto`` | ``true`` | ``false``: stream batches from the files instead of
             holding the images (:func:`resolve_out_of_core`); batches, split, statistics and
             the attributes below are the same either way. ``streaming`` tells which was chosen.
@@ -217,7 +219,7 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
         num_workers: int = 0,
         on_device: bool = False,
-        channels_last: bool = False,
+        channels_last: bool | str = "auto",
         out_of_core: str | bool = "auto",
         missing_hint: str | None = None,
     ) -> None:
@@ -229,7 +231,7 @@ class DomainAdaptationDataModule(pl.LightningDataModule):
         self.split_fractions = tuple(float(f) for f in split_fractions)
         self.num_workers = int(num_workers)
         self.on_device = bool(on_device)
-        self.channels_last = bool(channels_last)
+        self.channels_last = channels_last_enabled(channels_last)
         self.missing_hint = missing_hint
         if str(out_of_core).strip().lower() not in ("auto", "true", "false"):
             raise ConfigError(f"data.out_of_core must be auto, true or false, got {out_of_core!r}")
