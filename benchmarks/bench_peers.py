@@ -228,7 +228,8 @@ def skada_inputs(datamodule) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """galda's normalised training tensors in skada's form: source domain 1, target −2
     (unlabelled: y = −1)."""
     src, tgt = datamodule.datasets["source"]["train"], datamodule.datasets["target"]["train"]
-    x = torch.cat([src.images, tgt.images]).cpu().numpy()
+    # contiguous NCHW, as skada's users hand it numpy arrays (galda's may be channels-last)
+    x = torch.cat([src.images, tgt.images]).cpu().contiguous().numpy()
     domain = np.concatenate([np.ones(len(src), np.int64), np.full(len(tgt), -2, np.int64)])
     y = np.concatenate([src.labels.cpu().numpy(), np.full(len(tgt), -1, np.int64)])
     return {"X": x, "sample_domain": domain}, y

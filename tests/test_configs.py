@@ -71,3 +71,27 @@ def test_every_model_and_method_builds(composer, model, method):
     assert isinstance(module, MergerClassifier)
     assert type(module).uses_target_labels == method.startswith("oracle")
     assert module.uses_target_images == (method != "baseline")
+
+
+def test_default_optimiser_is_fused_adam(composer):
+    """One kernel per step: the same Adam update as PyTorch's default implementation."""
+    import torch
+
+    from galda.train import build_module
+
+    module = build_module(composer(["method=dann"]))
+    opt = module.optimizer_factory([{"params": list(module.parameters())}])
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["fused"] is True
+    # same update as the unfused default, to float rounding (plain reference)
+    params = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(2)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused = module.optimizer_factory(params)
+    plain = torch.optim.Adam(twins, lr=1e-3, betas=(0.7, 0.8), weight_decay=1e-4)
+    for _ in range(3):
+        for p, q in zip(params, twins):
+            p.grad = torch.full_like(p, 0.5)
+            q.grad = torch.full_like(q, 0.5)
+        fused.step()
+        plain.step()
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q)
