@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from galda.errors import RUN_FOLDER_KEYS, ConfigError, DataError, GaldaError, cannot_write
-from galda.memory_format import CHOICES as LAYOUT_CHOICES
+from galda.memory_format import channels_last_enabled
 from galda.results import probe_writable
 
 log = logging.getLogger("galda")
@@ -308,14 +308,11 @@ def _choice_problems(cfg: Any) -> list[GaldaError]:
                 )
             )
     memory_format = _get(cfg, "data.channels_last")
-    if memory_format is not None and str(memory_format).strip().lower() not in LAYOUT_CHOICES:
-        problems.append(
-            ConfigError(
-                f"data.channels_last={memory_format}: must be {', '.join(LAYOUT_CHOICES[:-1])} "
-                f"or {LAYOUT_CHOICES[-1]}, "
-                "e.g. data.channels_last=auto"
-            )
-        )
+    if memory_format is not None:
+        try:
+            channels_last_enabled(memory_format, "cpu")  # the one place that knows the choices
+        except ConfigError as err:
+            problems.append(err)
     for key in ("method.module.domain_batchnorm", "reuse_host_memory"):
         flag = _get(cfg, key)
         if flag is not None and not isinstance(flag, bool):
