@@ -22,6 +22,7 @@ import torch
 from galda import __version__
 from galda.errors import GaldaError, cannot_write
 from galda.inference import MergerPredictor
+from galda.models.folding import fold_batchnorm
 from galda.predict.inputs import PredictInput
 
 CATALOGUE_FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits", ".fit": "fits"}
@@ -118,7 +119,8 @@ def run_models(
     from tqdm.auto import tqdm
 
     device = resolve_device(device) if isinstance(device, str) else device
-    nets = [m.to(device).eval() for m in models]
+    # batch norm folded into the convolutions: the same function, about a fifth less work on a CPU
+    nets = [fold_batchnorm(m.to(device).eval()) for m in models]
     n = len(inp)
     probs = np.empty((len(nets), n), dtype=np.float32)
     chunks: dict[str, list[np.ndarray]] = {}
