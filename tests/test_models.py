@@ -66,3 +66,32 @@ def test_preflight_refuses_an_unknown_feature_layer(compose_cfg, sim_data_dir):
     )
     with pytest.raises(ConfigError, match="model.net.feature_layer=conv3: must be flatten or"):
         preflight_config(cfg)
+
+
+def test_deepmerge_width_multiplies_the_filters_only():
+    import pytest
+
+    wide = DeepMerge(width=2)
+    convs = [m for m in wide.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64]
+    assert wide.feature_dim == 64 * 9 * 9
+    features, logits = wide(torch.randn(2, 3, 75, 75))
+    assert features.shape == (2, 5184) and logits.shape == (2, 2)
+    assert [m.out_features for m in wide.head if isinstance(m, torch.nn.Linear)] == [64, 32, 2]
+    # width 1 is the authors' network, parameter for parameter
+    assert count_trainable(DeepMerge(width=1)) == count_trainable(DeepMerge()) == 174_626
+    with pytest.raises(ValueError, match="model.net.width=0"):
+        DeepMerge(width=0)
+
+
+def test_preflight_refuses_a_width_below_one(compose_cfg, sim_data_dir):
+    import pytest
+
+    from galda.errors import ConfigError
+    from galda.preflight import preflight_config
+
+    cfg = compose_cfg(
+        "data=tiny", f"paths.data_dir={sim_data_dir}", "model=deepmerge", "model.net.width=0"
+    )
+    with pytest.raises(ConfigError, match="model.net.width=0: must be a whole number"):
+        preflight_config(cfg)

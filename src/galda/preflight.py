@@ -275,6 +275,15 @@ def _value_problems(cfg: Any) -> list[GaldaError]:
             )
         )
 
+    width = _get(cfg, "model.net.width")
+    if width is not None and ((_integer(width) or 0) < 1):
+        problems.append(
+            ConfigError(
+                f"model.net.width={width}: must be a whole number of at least 1 (the filters' "
+                "multiple), e.g. model.net.width=1"
+            )
+        )
+
     tw = _get(cfg, "method.module.transfer_weight")
     if tw is not None and (_number(tw) is None or _number(tw) < 0):  # type: ignore[operator]
         problems.append(ConfigError(f"method.module.transfer_weight={tw}: must be 0 or more"))

@@ -23,6 +23,9 @@ class DeepMerge(nn.Module):
     or ``"penultimate"`` (the 32-d output of the last hidden dense layer, after its ReLU, as
     Transfer-Learning-Library aligns a bottleneck). Matching the two domains' distributions on the
     last hidden layer leaves the convolutional features free to differ between the domains.
+
+    ``width`` multiplies the three convolutions' filters (1: the authors' 8, 16, 32; 2: 16, 32, 64
+    and a 5,184-d flatten layer); the dense layers keep their sizes.
     """
 
     FEATURE_LAYERS = ("flatten", "penultimate")
@@ -33,8 +36,11 @@ class DeepMerge(nn.Module):
         image_size: int = 75,
         n_classes: int = 2,
         feature_layer: str = "flatten",
+        width: int = 1,
     ) -> None:
         super().__init__()
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"model.net.width={width}: must be a whole number of at least 1")
         if feature_layer not in self.FEATURE_LAYERS:
             raise ValueError(
                 f"model.net.feature_layer={feature_layer}: must be one of "
@@ -54,13 +60,14 @@ class DeepMerge(nn.Module):
                 nn.ReLU(inplace=True),
             ]
 
+        c1, c2, c3 = 8 * width, 16 * width, 32 * width
         self.features = nn.Sequential(
-            *block(in_channels, 8, 5), *block(8, 16, 3), *block(16, 32, 3), nn.Flatten()
+            *block(in_channels, c1, 5), *block(c1, c2, 3), *block(c2, c3, 3), nn.Flatten()
         )
         side = image_size
         for _ in range(3):
             side //= 2
-        flat_dim = 32 * side * side
+        flat_dim = c3 * side * side
         self.head = nn.Sequential(
             nn.Linear(flat_dim, 64),
             nn.ReLU(inplace=True),
