@@ -135,6 +135,65 @@ def test_trained_run_classifies_each_domain_with_its_own_statistics(
         np.testing.assert_array_equal(v.numpy(), rv.numpy())
 
 
+def test_affine_gives_the_target_its_own_scale_and_shift_trained_by_its_own_gradients():
+    torch.manual_seed(0)
+    module = MMDClassifier(TinyNet(), domain_batchnorm="affine").train()
+    layers = batchnorm_layers(module.net)
+    assert module.target_affine is not None and len(module.target_affine) == 2 * len(layers)
+    source_affine = [(m.weight, m.bias) for m in layers]
+    optimiser = torch.optim.SGD(module.parameters(), lr=0.5)
+    assert any(p is module.target_affine[0] for p in module.parameters())  # trained with the rest
+    # a plain reference: the target's network is the same convolutions with its own γ, β
+    ref_target = _fresh(module.net)
+    x_s, x_t = torch.randn(16, 3, 75, 75), torch.randn(12, 3, 75, 75) * 3 + 2
+    source, target = module._forward_domains(x_s, x_t)
+    torch.testing.assert_close(target.logits, ref_target(x_t)[1])
+    loss = target.logits.square().mean()  # a loss on target outputs only
+    loss.backward()
+    assert all(m.weight.grad is None for m in layers)  # the source's γ, β got nothing
+    assert all(p.grad is not None for p in module.target_affine)
+    optimiser.step()
+    assert [(m.weight, m.bias) for m in layers] == source_affine  # swapped back afterwards
+    gamma_t = module.target_affine[0]
+    assert not torch.allclose(gamma_t, layers[0].weight)
+    # evaluation of target images uses the target's γ, β; of source images, the network's own
+    module.eval()
+    with torch.no_grad(), module.target_statistics():
+        assert layers[0].weight is gamma_t
+        assert layers[0].running_mean is module.target_stats[0][0]
+    assert layers[0].weight is source_affine[0][0]
+
+
+def test_affine_target_batchnorm_travels_to_the_predictor(compose_cfg, sim_data_dir, tmp_path):
+    from galda.train import train
+
+    cfg = compose_cfg(
+        "data=tiny",
+        f"paths.data_dir={sim_data_dir}",
+        "model=tiny",
+        "logger=none",
+        "method=dann",
+        "method.module.domain_batchnorm=affine",
+        "trainer.max_epochs=1",
+        run_dir=tmp_path / "run",
+    )
+    results = train(cfg)
+    checkpoint = torch.load(results["checkpoint"], weights_only=True)
+    assert all(len(layer) == 4 for layer in checkpoint[CHECKPOINT_KEY])
+    module = DANNClassifier.load_from_checkpoint(results["checkpoint"]).eval()
+    assert module.target_affine is not None
+    assert not torch.allclose(module.target_affine[0], batchnorm_layers(module.net)[0].weight)
+    x = torch.rand(6, 3, 75, 75)
+    with torch.no_grad():
+        with module.target_statistics():
+            want_target = module(module.normalise(x, "target")).softmax(1)[:, 1]
+        want_source = module(module.normalise(x, "source")).softmax(1)[:, 1]
+        got_target = load_model(results["checkpoint"], domain="target", calibrated=False)(x)
+        got_source = load_model(results["checkpoint"], domain="source", calibrated=False)(x)
+    torch.testing.assert_close(got_target, want_target, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got_source, want_source, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("bad", ["maybe"])
 def test_domain_batchnorm_rejects_a_non_boolean_before_training(compose_cfg, sim_data_dir, bad):
     from galda.errors import GaldaError

@@ -322,10 +322,17 @@ def _choice_problems(cfg: Any) -> list[GaldaError]:
             channels_last_enabled(memory_format, "cpu")  # the one place that knows the choices
         except ConfigError as err:
             problems.append(err)
-    for key in ("method.module.domain_batchnorm", "reuse_host_memory"):
-        flag = _get(cfg, key)
-        if flag is not None and not isinstance(flag, bool):
-            problems.append(ConfigError(f"{key}={flag}: must be true or false"))
+    dsbn = _get(cfg, "method.module.domain_batchnorm")
+    if dsbn is not None and not isinstance(dsbn, bool) and dsbn != "affine":
+        problems.append(
+            ConfigError(
+                f"method.module.domain_batchnorm={dsbn}: must be true, false or affine "
+                "(per-domain statistics, and with affine per-domain scale and shift too)"
+            )
+        )
+    flag = _get(cfg, "reuse_host_memory")
+    if flag is not None and not isinstance(flag, bool):
+        problems.append(ConfigError(f"reuse_host_memory={flag}: must be true or false"))
     return problems
 
 

@@ -40,6 +40,8 @@ from galda.optim import (
 
 #: ``align``: which domains' features the transfer loss moves
 ALIGN_MODES = ("both", "target")
+#: ``domain_batchnorm``: shared batch norm, per-domain statistics, per-domain statistics and γ, β
+DOMAIN_BATCHNORM = (False, True, "affine")
 
 
 class StepOutputs(NamedTuple):
@@ -67,7 +69,8 @@ class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
         fisher_weight: weight of DeepMerge II's Fisher loss on source features (0 = off).
         entropy_weight: weight of entropy minimisation on target predictions (0 = off).
         domain_batchnorm: normalise source and target batches separately, each domain with its own
-            running statistics (:mod:`galda.methods.domain_statistics`); ``False`` forwards both
+            running statistics (:mod:`galda.methods.domain_statistics`); ``"affine"``: also its own
+            batch-norm scale and shift (γ, β), as in Chang et al. 2019; ``False`` forwards both
             domains as one batch, as the authors did.
         align: ``"both"`` (the authors'): the transfer loss moves source and target features
             toward each other; ``"target"``: the source features enter the transfer loss detached
@@ -88,7 +91,7 @@ class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
         transfer_weight: float = 1.0,
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
-        domain_batchnorm: bool = False,
+        domain_batchnorm: bool | str = False,
         align: str = "both",
     ) -> None:
         super().__init__()
@@ -105,7 +108,13 @@ class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
         self.transfer_weight = float(transfer_weight)
         self.fisher_weight = float(fisher_weight)
         self.entropy_weight = float(entropy_weight)
+        if domain_batchnorm not in DOMAIN_BATCHNORM:
+            raise ConfigError(
+                f"method.module.domain_batchnorm={domain_batchnorm}: must be true, false or affine"
+            )
         self.domain_batchnorm = bool(domain_batchnorm)
+        if domain_batchnorm == "affine":
+            self.init_target_affine()
         if align not in ALIGN_MODES:
             raise ConfigError(
                 f"method.module.align={align}: must be one of {', '.join(ALIGN_MODES)}"
@@ -206,6 +215,10 @@ class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         groups = list(self.net.parameter_groups()) + list(self.extra_parameter_groups())
+        if self.target_affine is not None:
+            groups.append(
+                {"params": list(self.target_affine), "lr_mult": 1.0, "name": "target_batchnorm"}
+            )
         return configure_optimizers(
             self,
             groups,

@@ -45,7 +45,7 @@ class CDANClassifier(MergerClassifier):
         transfer_weight: float = 1.0,
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
-        domain_batchnorm: bool = False,
+        domain_batchnorm: bool | str = False,
         align: str = "both",
         entropy_conditioning: bool = True,
         schedule: str = "ganin",

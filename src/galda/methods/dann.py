@@ -31,7 +31,7 @@ class DANNClassifier(MergerClassifier):
         transfer_weight: float = 1.0,
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
-        domain_batchnorm: bool = False,
+        domain_batchnorm: bool | str = False,
         align: str = "both",
         schedule: str = "ganin",
         gamma: float = 10.0,

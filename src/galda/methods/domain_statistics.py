@@ -17,7 +17,9 @@ plain baseline with no transfer loss at all (experiments/README.md §0). Per-dom
 that mixing; what a transfer loss still costs the source is then its own.
 
 The target statistics are stored in the checkpoint under ``adabn_target`` as
-``[[running_mean, running_var], ...]`` in the order of the network's batch-norm layers, which is what
+``[[running_mean, running_var], ...]`` in the order of the network's batch-norm layers (with
+``domain_batchnorm="affine"``, ``[[running_mean, running_var, weight, bias], ...]``: the target's own
+γ and β, as in Chang et al.'s full DSBN), which is what
 :func:`galda.inference.predictor_from_checkpoint` reads for ``domain="target"``.
 """
 
@@ -66,12 +68,17 @@ def set_running_stats(m: BatchNorm, mean: Tensor, var: Tensor) -> None:
 
 
 def set_batchnorm_statistics(net: nn.Module, stats: list) -> None:
-    """Copy ``[(running_mean, running_var), ...]`` into ``net``'s batch-norm layers, in order."""
+    """Copy ``[(running_mean, running_var[, weight, bias]), ...]`` into ``net``'s batch-norm
+    layers, in order (the γ, β of a per-domain affine batch norm when present)."""
     layers = batchnorm_layers(net)
     if len(layers) != len(stats):
         raise ValueError(f"{len(stats)} sets of statistics for {len(layers)} batch-norm layers")
-    for layer, (mean, var) in zip(layers, stats):
-        set_running_stats(layer, torch.as_tensor(mean), torch.as_tensor(var))
+    for layer, entry in zip(layers, stats):
+        set_running_stats(layer, torch.as_tensor(entry[0]), torch.as_tensor(entry[1]))
+        if len(entry) == 4:
+            with torch.no_grad():
+                layer.weight.copy_(torch.as_tensor(entry[2]))
+                layer.bias.copy_(torch.as_tensor(entry[3]))
 
 
 class TargetStatistics(EvaluationSteps):
@@ -84,6 +91,22 @@ class TargetStatistics(EvaluationSteps):
     def __init__(self) -> None:
         super().__init__()
         self.target_stats: list[tuple[Tensor, Tensor]] = []
+        #: the target's own batch-norm γ, β per layer (``domain_batchnorm="affine"``), else None
+        self.target_affine: nn.ParameterList | None = None
+
+    def init_target_affine(self) -> None:
+        """Give the target its own batch-norm scale and shift, starting from the network's."""
+        self.target_affine = nn.ParameterList(
+            nn.Parameter(p.detach().clone())
+            for m in batchnorm_layers(self.net)
+            for p in (m.weight, m.bias)
+        )
+
+    def _target_affine_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        if self.target_affine is None:
+            return []
+        params = list(self.target_affine)
+        return list(zip(params[0::2], params[1::2]))
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         """``nn.Module._apply`` (behind ``.to``, ``.cuda``, ``.double``…) also moves the target statistics.
@@ -109,16 +132,20 @@ class TargetStatistics(EvaluationSteps):
             return
         # the buffers are swapped, never overwritten: batch norm saves them for the backward pass
         saved = [_running_stats(m) for m in layers]
+        saved_affine = [(m.weight, m.bias) for m in layers]
         start = self.target_stats or [(torch.zeros_like(m), torch.ones_like(v)) for m, v in saved]
         for m, (mean, var) in zip(layers, start):
             _swap_running_stats(m, mean, var)
+        for m, (weight, bias) in zip(layers, self._target_affine_pairs()):
+            m.weight, m.bias = weight, bias  # the target's own γ, β receive its gradients
         try:
             yield
         finally:
             if keep_updates:
                 self.target_stats = [_running_stats(m) for m in layers]
-            for m, (mean, var) in zip(layers, saved):
+            for m, (mean, var), (weight, bias) in zip(layers, saved, saved_affine):
                 _swap_running_stats(m, mean, var)
+                m.weight, m.bias = weight, bias
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int) -> dict:
         if self._domain(stage, dataloader_idx) != "target":
@@ -129,11 +156,17 @@ class TargetStatistics(EvaluationSteps):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         if self.target_stats:
-            checkpoint[CHECKPOINT_KEY] = [[m.cpu(), v.cpu()] for m, v in self.target_stats]
+            affine = self._target_affine_pairs()
+            checkpoint[CHECKPOINT_KEY] = [
+                [m.cpu(), v.cpu(), *(p.detach().cpu() for p in (affine[i] if affine else ()))]
+                for i, (m, v) in enumerate(self.target_stats)
+            ]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if checkpoint.get(CHECKPOINT_KEY):
+            # [mean, var] per layer, + [γ, β] with per-domain affine (those also load as parameters)
             self.target_stats = [
-                (m.to(self.device), v.to(self.device)) for m, v in checkpoint[CHECKPOINT_KEY]
+                (layer[0].to(self.device), layer[1].to(self.device))
+                for layer in checkpoint[CHECKPOINT_KEY]
             ]

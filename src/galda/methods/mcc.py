@@ -29,7 +29,7 @@ class MCCClassifier(MergerClassifier):
         transfer_weight: float = 1.0,
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
-        domain_batchnorm: bool = False,
+        domain_batchnorm: bool | str = False,
         align: str = "both",
         temperature: float = 2.5,
     ) -> None:

@@ -30,7 +30,7 @@ class MMDClassifier(MergerClassifier):
         transfer_weight: float = 1.0,
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
-        domain_batchnorm: bool = False,
+        domain_batchnorm: bool | str = False,
         align: str = "both",
         bandwidths: str = "median",
         unbiased: bool = True,

@@ -33,7 +33,7 @@ class SelfTrainingClassifier(MergerClassifier):
         transfer_weight: float = 1.0,
         fisher_weight: float = 0.0,
         entropy_weight: float = 0.0,
-        domain_batchnorm: bool = False,
+        domain_batchnorm: bool | str = False,
         align: str = "both",
         threshold: float = 0.95,
         warmup: float = 0.2,
