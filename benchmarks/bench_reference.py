@@ -7,6 +7,7 @@ import contextlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from galda.memory_format import channels_last_for
 
@@ -46,6 +47,19 @@ class ReferenceLoop:
             if self.mcfg.get("domain_batchnorm")
             else None
         )
+        # domain_batchnorm=affine: the target's own γ, β too, trained in their own group
+        self.target_affine = (
+            {
+                f"{name}.{p}": getattr(m, p).detach().clone().requires_grad_()
+                for name, m in self.net.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                for p in ("weight", "bias")
+            }
+            if self.mcfg.get("domain_batchnorm") == "affine"
+            else {}
+        )
+        if self.target_affine:
+            groups.append({"params": list(self.target_affine.values()), "lr_mult": 1.0})
         self._optimiser(cfg, groups, total_steps)
         self._precision(cfg, device)
         self.device = device
@@ -137,7 +151,9 @@ class ReferenceLoop:
             f_s, f_t = features[:bs], features[bs:]
         else:  # one forward per domain; batch norm updates the target buffers in place
             f_s, logits = self.net(x_s)
-            f_t = torch.func.functional_call(self.net, self.target_buffers, (x_t,))[0]
+            f_t = torch.func.functional_call(
+                self.net, {**self.target_buffers, **self.target_affine}, (x_t,)
+            )[0]
         loss = F.cross_entropy(logits[:bs], y_s)
         if self.mmd is not None:
             return loss + self.weight * self.mmd(f_s, f_t)

@@ -211,7 +211,10 @@ def test_domain_batchnorm_rejects_a_non_boolean_before_training(compose_cfg, sim
         preflight(cfg)
 
 
-def test_benchmark_reference_loop_matches_the_package_with_domain_batchnorm(monkeypatch, tmp_path):
+@pytest.mark.parametrize("mode", [True, "affine"])
+def test_benchmark_reference_loop_matches_the_package_with_domain_batchnorm(
+    monkeypatch, tmp_path, mode
+):
     """The plain loop `make bench` compares against runs the same per-domain forward."""
     from types import SimpleNamespace
 
@@ -230,12 +233,12 @@ def test_benchmark_reference_loop_matches_the_package_with_domain_batchnorm(monk
         torch.device("cpu"),
         paths,
         tmp_path / "out",
-        extra=["method.module.domain_batchnorm=true"],
+        extra=[f"method.module.domain_batchnorm={str(mode).lower()}"],
     )
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     loop = ReferenceLoop(cfg, datamodule, total_steps=4, device=torch.device("cpu"))
-    module = MMDClassifier(copy.deepcopy(loop.net), domain_batchnorm=True).train()
+    module = MMDClassifier(copy.deepcopy(loop.net), domain_batchnorm=mode).train()
     idx_s, idx_t = loop._next_indices()
     x_s, y_s = datamodule.datasets["source"]["train"].images[idx_s], loop.src.labels[idx_s]
     x_t = datamodule.datasets["target"]["train"].images[idx_t]
@@ -246,3 +249,11 @@ def test_benchmark_reference_loop_matches_the_package_with_domain_batchnorm(monk
     buffers = list(loop.target_buffers.values())  # mean, var per layer, in module order
     for i, (mean, var) in enumerate(module.target_stats):
         torch.testing.assert_close((mean, var), (buffers[2 * i], buffers[2 * i + 1]))
+    if mode == "affine":  # the target's γ, β get the same gradients in both
+        want.backward()
+        got.backward()
+        assert module.target_affine is not None
+        for mine, theirs in zip(module.target_affine, loop.target_affine.values()):
+            assert mine.grad is not None and theirs.grad is not None
+            torch.testing.assert_close(mine.grad, theirs.grad)
+        assert len(loop.optimizer.param_groups[-1]["params"]) == len(module.target_affine)
