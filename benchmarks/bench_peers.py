@@ -196,13 +196,28 @@ def _skada_optim(cfg, steps_per_epoch: int, epochs: int, disc_mult: float | None
     return kwargs
 
 
+def authors_block_order(net: nn.Module) -> nn.Module:
+    """DeepMerge's blocks as the authors wrote them (Conv-BN-ReLU-MaxPool) on the same layers.
+
+    galda builds Conv-BN-MaxPool-ReLU, the same function, because it is faster in the
+    channels-last layout galda trains in on the CPU; in skada's NCHW it is slower per step
+    (benchmarks/README.md), so skada gets the authors' order, as its users would write it.
+    """
+    layers = list(net.features)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    net.features = nn.Sequential(*layers)
+    return net
+
+
 def skada_net(method: str, cfg, steps_per_epoch: int, epochs: int, device: str = "cpu"):
     """The skada estimator of ``method`` around a freshly seeded DeepMerge."""
     from hydra.utils import instantiate
     from skada import deep
 
     torch.manual_seed(int(cfg.seed))
-    net = instantiate(cfg.model.net)
+    net = authors_block_order(instantiate(cfg.model.net))
     m = cfg.method.module
     disc_mult = float(m.discriminator_lr_mult) if method == "dann" else None
     common = {

@@ -192,3 +192,20 @@ def test_peer_row_runs_or_says_why_not(bench, tmp_path):
 
     assert row["galda_layout"] == ("nchw" if torch.cuda.is_available() else "channels_last")
     assert _positive(report["acceptance"]["mmd_over_baseline_per_image"])
+
+
+def test_skada_gets_deepmerge_in_the_authors_block_order_with_the_same_function(bench):
+    import torch
+    from torch import nn
+
+    from galda.models import DeepMerge
+
+    torch.manual_seed(0)
+    ours = DeepMerge()
+    theirs = bench.bench_peers.authors_block_order(DeepMerge())
+    theirs.load_state_dict(ours.state_dict())  # the same parameter names in both orders
+    kinds = [type(m) for m in theirs.features][:4]
+    assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    assert [type(m) for m in ours.features][2:4] == [nn.MaxPool2d, nn.ReLU]
+    x = torch.randn(4, 3, 75, 75)
+    assert torch.equal(ours(x)[1], theirs(x)[1])
