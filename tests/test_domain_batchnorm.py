@@ -98,9 +98,8 @@ def test_target_statistics_move_with_the_module():
             assert layer.running_mean is m
 
 
-def test_trained_run_classifies_each_domain_with_its_own_statistics(
-    compose_cfg, sim_data_dir, tmp_path
-):
+def _trained_dann(compose_cfg, sim_data_dir, run_dir, mode: str) -> dict:
+    """One epoch of DANN on the tiny set with ``domain_batchnorm=mode``; its results."""
     from galda.train import train
 
     cfg = compose_cfg(
@@ -109,11 +108,17 @@ def test_trained_run_classifies_each_domain_with_its_own_statistics(
         "model=tiny",
         "logger=none",
         "method=dann",
-        "method.module.domain_batchnorm=true",
+        f"method.module.domain_batchnorm={mode}",
         "trainer.max_epochs=1",
-        run_dir=tmp_path / "run",
+        run_dir=run_dir,
     )
-    results = train(cfg)
+    return train(cfg)
+
+
+def test_trained_run_classifies_each_domain_with_its_own_statistics(
+    compose_cfg, sim_data_dir, tmp_path
+):
+    results = _trained_dann(compose_cfg, sim_data_dir, tmp_path / "run", "true")
     assert results["config"]["method"]["module"]["domain_batchnorm"] is True
     checkpoint = torch.load(results["checkpoint"], weights_only=True)
     target_stats = checkpoint[CHECKPOINT_KEY]
@@ -165,19 +170,7 @@ def test_affine_gives_the_target_its_own_scale_and_shift_trained_by_its_own_grad
 
 
 def test_affine_target_batchnorm_travels_to_the_predictor(compose_cfg, sim_data_dir, tmp_path):
-    from galda.train import train
-
-    cfg = compose_cfg(
-        "data=tiny",
-        f"paths.data_dir={sim_data_dir}",
-        "model=tiny",
-        "logger=none",
-        "method=dann",
-        "method.module.domain_batchnorm=affine",
-        "trainer.max_epochs=1",
-        run_dir=tmp_path / "run",
-    )
-    results = train(cfg)
+    results = _trained_dann(compose_cfg, sim_data_dir, tmp_path / "run", "affine")
     checkpoint = torch.load(results["checkpoint"], weights_only=True)
     assert all(len(layer) == 4 for layer in checkpoint[CHECKPOINT_KEY])
     module = DANNClassifier.load_from_checkpoint(results["checkpoint"]).eval()
