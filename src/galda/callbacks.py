@@ -8,6 +8,8 @@ from typing import Any, cast
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import WeightAveraging
+from pytorch_lightning.trainer.states import TrainerFn
 
 from galda.results import write_predictions
 
@@ -65,3 +67,41 @@ class PredictionWriter(pl.Callback):
         self._outputs = {}
         if trainer.is_global_zero:
             write_predictions(self.dirpath, arrays)
+
+
+class WeightEMA(WeightAveraging):
+    """Evaluate an exponential moving average of the weights instead of the last step's.
+
+    After every optimiser step ``θ̄ ← θ̄ + (1 − d)(θ − θ̄)`` over every parameter and buffer of the
+    module (Polyak & Juditsky 1992; the "EMA" of Tarvainen & Valpola 2017), with the decay ``d``
+    sized to the run: ``1 − d = 1 / (horizon × planned steps)``, so the average spans the same
+    fraction of training whatever the data size or budget (``horizon=0.05``: the last 5 %). Validation,
+    checkpoint selection, the saved ``state_dict`` (so test, calibration and ``galda.predict``) all
+    see θ̄; the raw weights keep training and are saved beside it for an exact resume.
+
+    Lightning's :class:`~pytorch_lightning.callbacks.WeightAveraging` does the bookkeeping. One
+    change: a checkpoint loaded *outside* fitting (``trainer.test(ckpt_path=...)``) keeps the
+    averaged weights in the module; Lightning's hook would load the raw ones back.
+    """
+
+    def __init__(self, horizon: float = 0.05, device: str | None = None) -> None:
+        if not 0 < horizon <= 1:
+            raise ValueError(f"horizon={horizon}: must be in (0, 1]")
+        super().__init__(device=device, use_buffers=True, avg_fn=self._average)
+        self.horizon = float(horizon)
+        self.decay = 0.0
+
+    def _average(
+        self, averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor
+    ) -> torch.Tensor:
+        return averaged + (1.0 - self.decay) * (current - averaged)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        steps = max(1.0, self.horizon * float(trainer.estimated_stepping_batches))
+        self.decay = 1.0 - 1.0 / steps
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

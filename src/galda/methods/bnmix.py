@@ -65,7 +65,9 @@ class AdaBNClassifier(MergerClassifier):
             self.adapt(datamodule.datasets["target"]["train"].images, datamodule.batch_size)
 
     def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
         self._adapt_from_datamodule()
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         self._adapt_from_datamodule()

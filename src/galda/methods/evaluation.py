@@ -74,6 +74,12 @@ class EvaluationSteps(pl.LightningModule):
             "index": batch["index"],
         }
 
+    def on_validation_epoch_start(self) -> None:
+        self._folded.clear()  # fold what this epoch evaluates (averaged weights may be swapped in)
+
+    def on_test_epoch_start(self) -> None:
+        self._folded.clear()
+
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
         return self._eval_step("val", batch, dataloader_idx)
 

@@ -73,7 +73,7 @@ class FoldedCache:
 
     A state is every parameter's and buffer's identity and in-place version counter, so an
     optimiser step, a running-statistics update, a checkpoint load or swapped statistics all make a
-    fresh fold. Tensors made in inference mode carry no version counter; then nothing is cached.
+    fresh fold (:meth:`clear` covers what the counters miss). Tensors made in inference mode carry no version counter; then nothing is cached.
     """
 
     def __init__(self) -> None:
@@ -96,3 +96,8 @@ class FoldedCache:
         if state is not None:
             self._entries[key] = (state, folded)
         return folded
+
+    def clear(self) -> None:
+        """Forget every fold. Weights copied in through ``.data`` (Lightning's weight averaging
+        swaps the averaged weights in that way) leave the version counters as they were."""
+        self._entries.clear()
