@@ -79,9 +79,10 @@ class WeightEMA(WeightAveraging):
     checkpoint selection, the saved ``state_dict`` (so test, calibration and ``galda.predict``) all
     see θ̄; the raw weights keep training and are saved beside it for an exact resume.
 
-    Lightning's :class:`~pytorch_lightning.callbacks.WeightAveraging` does the bookkeeping. One
-    change: a checkpoint loaded *outside* fitting (``trainer.test(ckpt_path=...)``) keeps the
-    averaged weights in the module; Lightning's hook would load the raw ones back.
+    Lightning's :class:`~pytorch_lightning.callbacks.WeightAveraging` does the bookkeeping. Two
+    changes: a checkpoint loaded *outside* fitting (``trainer.test(ckpt_path=...)``) keeps the
+    averaged weights in the module (Lightning's hook would load the raw ones back), and validation
+    outside fitting evaluates the checkpoint as loaded (Lightning's would swap in the last average).
     """
 
     def __init__(self, horizon: float = 0.05, device: str | None = None) -> None:
@@ -105,3 +106,11 @@ class WeightEMA(WeightAveraging):
     ) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:  # trainer.validate(ckpt_path=...) after fit:
+            super().on_validation_epoch_start(trainer, pl_module)  # the checkpoint's weights stay
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_validation_epoch_end(trainer, pl_module)
