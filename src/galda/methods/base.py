@@ -76,6 +76,9 @@ class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
             toward each other; ``"target"``: the source features enter the transfer loss detached
             (stop-gradient), so only the target's are moved toward the source's and the source
             representation is shaped by the classification loss alone.
+        target_stem: the target's own first convolution (weights untied from the source's, both
+            starting equal; Rozantsev et al. 2019 untie more), so the low-level part of a shift
+            (noise, PSF, pixel scale) can be absorbed there; needs ``domain_batchnorm``.
     """
 
     #: the training step receives target images
@@ -93,6 +96,7 @@ class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
         entropy_weight: float = 0.0,
         domain_batchnorm: bool | str = False,
         align: str = "both",
+        target_stem: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(net, DictConfig):
@@ -115,6 +119,13 @@ class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
         self.domain_batchnorm = bool(domain_batchnorm)
         if domain_batchnorm == "affine":
             self.init_target_affine()
+        if target_stem:
+            if not self.domain_batchnorm:
+                raise ConfigError(
+                    "method.module.target_stem=true forwards each domain on its own: set "
+                    "method.module.domain_batchnorm=true or affine"
+                )
+            self.init_target_stem()
         if align not in ALIGN_MODES:
             raise ConfigError(
                 f"method.module.align={align}: must be one of {', '.join(ALIGN_MODES)}"
@@ -219,6 +230,8 @@ class MergerClassifier(TrainingLogs, TargetStatistics, ResumableRun):
             groups.append(
                 {"params": list(self.target_affine), "lr_mult": 1.0, "name": "target_batchnorm"}
             )
+        if self.target_stem is not None:
+            groups.append({"params": list(self.target_stem), "lr_mult": 1.0, "name": "target_stem"})
         return configure_optimizers(
             self,
             groups,

@@ -47,6 +47,7 @@ class CDANClassifier(MergerClassifier):
         entropy_weight: float = 0.0,
         domain_batchnorm: bool | str = False,
         align: str = "both",
+        target_stem: bool = False,
         entropy_conditioning: bool = True,
         schedule: str = "ganin",
         gamma: float = 10.0,
@@ -66,6 +67,7 @@ class CDANClassifier(MergerClassifier):
             entropy_weight,
             domain_batchnorm,
             align,
+            target_stem,
         )
         if schedule not in REVERSAL_SCHEDULES:
             raise GaldaError(

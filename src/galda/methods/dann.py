@@ -33,6 +33,7 @@ class DANNClassifier(MergerClassifier):
         entropy_weight: float = 0.0,
         domain_batchnorm: bool | str = False,
         align: str = "both",
+        target_stem: bool = False,
         schedule: str = "ganin",
         gamma: float = 10.0,
         max_coefficient: float = 1.0,
@@ -49,6 +50,7 @@ class DANNClassifier(MergerClassifier):
             entropy_weight,
             domain_batchnorm,
             align,
+            target_stem,
         )
         reversal_coefficient(schedule, 0.0, gamma, max_coefficient)  # validates the name early
         self.schedule = schedule

@@ -38,6 +38,15 @@ BatchNorm = nn.modules.batchnorm._BatchNorm
 CHECKPOINT_KEY = "adabn_target"
 
 
+def first_convolution(net: nn.Module) -> nn.Conv2d:
+    """The network's first 2-d convolution in module order (DeepMerge's ``features.0``, ResNet's
+    ``conv1``): the layer a ``target_stem`` unties."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            return m
+    raise ValueError(f"{type(net).__name__} has no nn.Conv2d to untie")
+
+
 def batchnorm_layers(net: nn.Module) -> list[BatchNorm]:
     """The network's batch-norm layers, in module order."""
     return [m for m in net.modules() if isinstance(m, BatchNorm)]
@@ -93,6 +102,8 @@ class TargetStatistics(EvaluationSteps):
         self.target_stats: list[tuple[Tensor, Tensor]] = []
         #: the target's own batch-norm γ, β per layer (``domain_batchnorm="affine"``), else None
         self.target_affine: nn.ParameterList | None = None
+        #: the target's own first convolution, weight [and bias] (``target_stem``), else None
+        self.target_stem: nn.ParameterList | None = None
 
     def init_target_affine(self) -> None:
         """Give the target its own batch-norm scale and shift, starting from the network's."""
@@ -100,6 +111,13 @@ class TargetStatistics(EvaluationSteps):
             nn.Parameter(p.detach().clone())
             for m in batchnorm_layers(self.net)
             for p in (m.weight, m.bias)
+        )
+
+    def init_target_stem(self) -> None:
+        """Give the target its own first convolution, starting from the network's."""
+        conv = first_convolution(self.net)
+        self.target_stem = nn.ParameterList(
+            nn.Parameter(p.detach().clone()) for p in (conv.weight, conv.bias) if p is not None
         )
 
     def _target_affine_pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
@@ -138,6 +156,12 @@ class TargetStatistics(EvaluationSteps):
             _swap_running_stats(m, mean, var)
         for m, (weight, bias) in zip(layers, self._target_affine_pairs()):
             m.weight, m.bias = weight, bias  # the target's own γ, β receive its gradients
+        conv = first_convolution(self.net) if self.target_stem is not None else None
+        saved_stem = (conv.weight, conv.bias) if conv is not None else None
+        if conv is not None and self.target_stem is not None:
+            conv.weight = self.target_stem[0]
+            if conv.bias is not None:
+                conv.bias = self.target_stem[1]
         try:
             yield
         finally:
@@ -146,6 +170,8 @@ class TargetStatistics(EvaluationSteps):
             for m, (mean, var), (weight, bias) in zip(layers, saved, saved_affine):
                 _swap_running_stats(m, mean, var)
                 m.weight, m.bias = weight, bias
+            if conv is not None and saved_stem is not None:
+                conv.weight, conv.bias = saved_stem
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor], dataloader_idx: int) -> dict:
         if self._domain(stage, dataloader_idx) != "target":

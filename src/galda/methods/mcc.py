@@ -31,6 +31,7 @@ class MCCClassifier(MergerClassifier):
         entropy_weight: float = 0.0,
         domain_batchnorm: bool | str = False,
         align: str = "both",
+        target_stem: bool = False,
         temperature: float = 2.5,
     ) -> None:
         super().__init__(
@@ -42,6 +43,7 @@ class MCCClassifier(MergerClassifier):
             entropy_weight,
             domain_batchnorm,
             align,
+            target_stem,
         )
         if not temperature > 0:
             raise GaldaError(f"method.module.temperature={temperature} must be > 0")

@@ -32,6 +32,7 @@ class MMDClassifier(MergerClassifier):
         entropy_weight: float = 0.0,
         domain_batchnorm: bool | str = False,
         align: str = "both",
+        target_stem: bool = False,
         bandwidths: str = "median",
         unbiased: bool = True,
         n_kernels: int = 5,
@@ -46,6 +47,7 @@ class MMDClassifier(MergerClassifier):
             entropy_weight,
             domain_batchnorm,
             align,
+            target_stem,
         )
         self.mmd = MMDLoss(
             bandwidths=bandwidths, unbiased=unbiased, n_kernels=n_kernels, multiplier=multiplier

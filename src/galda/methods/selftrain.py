@@ -35,6 +35,7 @@ class SelfTrainingClassifier(MergerClassifier):
         entropy_weight: float = 0.0,
         domain_batchnorm: bool | str = False,
         align: str = "both",
+        target_stem: bool = False,
         threshold: float = 0.95,
         warmup: float = 0.2,
     ) -> None:
@@ -47,6 +48,7 @@ class SelfTrainingClassifier(MergerClassifier):
             entropy_weight,
             domain_batchnorm,
             align,
+            target_stem,
         )
         if not 0.0 <= threshold < 1.0:
             raise GaldaError(f"method.module.threshold={threshold} must be in [0, 1)")

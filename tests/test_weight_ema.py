@@ -1,0 +1,114 @@
+"""``galda.callbacks.WeightEMA`` against a plain exponential moving average of the weights, and what
+each stage after fitting evaluates (the averaged weights of the selected checkpoint)."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from galda.callbacks import WeightEMA
+
+STEPS_PER_EPOCH, EPOCHS, HORIZON = 8, 2, 0.25
+
+
+class _Toy(pl.LightningModule):
+    """A linear → batch norm → linear classifier: parameters and running-statistics buffers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self.net(x), y))
+
+    def test_step(self, batch, batch_idx):
+        self.validation_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+class _RawWeights(pl.Callback):
+    """The module's raw floating-point state after every optimiser step."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        state = pl_module.state_dict()
+        self.states.append({k: v.detach().clone() for k, v in state.items() if v.is_floating_point()})
+
+
+def _loader() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8 * STEPS_PER_EPOCH, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def _fit(tmp_path) -> tuple[pl.Trainer, _Toy, _RawWeights, WeightEMA]:
+    torch.manual_seed(0)
+    raw, ema, model = _RawWeights(), WeightEMA(horizon=HORIZON), _Toy()
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS,
+        callbacks=[raw, ema, pl.callbacks.ModelCheckpoint(dirpath=tmp_path, monitor=None)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, _loader(), _loader())
+    return trainer, model, raw, ema
+
+
+def test_the_average_is_a_plain_ema_with_its_decay_sized_to_the_run(tmp_path):
+    trainer, model, raw, ema = _fit(tmp_path)
+    steps = STEPS_PER_EPOCH * EPOCHS
+    decay = 1 - 1 / (HORIZON * steps)
+    assert ema.decay == pytest.approx(decay)
+    reference = dict(raw.states[0])  # the first update copies the weights
+    for state in raw.states[1:]:
+        reference = {k: decay * reference[k] + (1 - decay) * v for k, v in state.items()}
+    saved = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    for key, want in reference.items():
+        torch.testing.assert_close(saved["state_dict"][key], want)  # the checkpoint holds the average
+        torch.testing.assert_close(model.state_dict()[key], want)  # and the module after fit
+    # the raw weights travel beside it for an exact resume
+    torch.testing.assert_close(saved["current_model_state"]["net.0.weight"], raw.states[-1]["net.0.weight"])
+    assert not torch.equal(saved["current_model_state"]["net.0.weight"], reference["net.0.weight"])
+
+
+def test_test_and_validate_after_fit_evaluate_the_checkpoints_averaged_weights(tmp_path):
+    trainer, model, raw, _ = _fit(tmp_path)
+    path = trainer.checkpoint_callback.best_model_path
+    averaged = torch.load(path, weights_only=False)["state_dict"]
+    model.net[0].weight.data.zero_()  # whatever the module holds now is replaced by the checkpoint's
+    seen: dict[str, torch.Tensor] = {}
+
+    class _Seen(pl.Callback):
+        def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            seen["test"] = pl_module.net[0].weight.detach().clone()
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            seen["validate"] = pl_module.net[0].weight.detach().clone()
+
+    trainer.callbacks.append(_Seen())
+    trainer.test(model, _loader(), ckpt_path=path, verbose=False)
+    trainer.validate(model, _loader(), ckpt_path=path, verbose=False)
+    torch.testing.assert_close(seen["test"], averaged["net.0.weight"])
+    torch.testing.assert_close(seen["validate"], averaged["net.0.weight"])
+
+
+def test_a_horizon_outside_0_1_is_refused():
+    with pytest.raises(ValueError, match="horizon"):
+        WeightEMA(horizon=0)
+    with pytest.raises(ValueError, match="horizon"):
+        WeightEMA(horizon=1.5)
