@@ -44,7 +44,9 @@ class _RawWeights(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         state = pl_module.state_dict()
-        self.states.append({k: v.detach().clone() for k, v in state.items() if v.is_floating_point()})
+        self.states.append(
+            {k: v.detach().clone() for k, v in state.items() if v.is_floating_point()}
+        )
 
 
 def _loader() -> DataLoader:
@@ -79,10 +81,14 @@ def test_the_average_is_a_plain_ema_with_its_decay_sized_to_the_run(tmp_path):
         reference = {k: decay * reference[k] + (1 - decay) * v for k, v in state.items()}
     saved = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
     for key, want in reference.items():
-        torch.testing.assert_close(saved["state_dict"][key], want)  # the checkpoint holds the average
+        torch.testing.assert_close(
+            saved["state_dict"][key], want
+        )  # the checkpoint holds the average
         torch.testing.assert_close(model.state_dict()[key], want)  # and the module after fit
     # the raw weights travel beside it for an exact resume
-    torch.testing.assert_close(saved["current_model_state"]["net.0.weight"], raw.states[-1]["net.0.weight"])
+    torch.testing.assert_close(
+        saved["current_model_state"]["net.0.weight"], raw.states[-1]["net.0.weight"]
+    )
     assert not torch.equal(saved["current_model_state"]["net.0.weight"], reference["net.0.weight"])
 
 
@@ -90,7 +96,9 @@ def test_test_and_validate_after_fit_evaluate_the_checkpoints_averaged_weights(t
     trainer, model, raw, _ = _fit(tmp_path)
     path = trainer.checkpoint_callback.best_model_path
     averaged = torch.load(path, weights_only=False)["state_dict"]
-    model.net[0].weight.data.zero_()  # whatever the module holds now is replaced by the checkpoint's
+    model.net[
+        0
+    ].weight.data.zero_()  # whatever the module holds now is replaced by the checkpoint's
     seen: dict[str, torch.Tensor] = {}
 
     class _Seen(pl.Callback):

@@ -330,11 +330,17 @@ def predictor_from_checkpoint(
     path = Path(path)
     checkpoint = read_checkpoint(path)
     net = network_from_checkpoint(checkpoint, path)
-    from galda.methods.domain_statistics import CHECKPOINT_KEY, set_batchnorm_statistics
+    from galda.methods.domain_statistics import (
+        CHECKPOINT_KEY,
+        set_batchnorm_statistics,
+        set_target_stem,
+    )
 
     if domain == "target" and checkpoint.get(CHECKPOINT_KEY):
         # adabn or domain_batchnorm: the target's batch-norm statistics travel beside the network
         set_batchnorm_statistics(net, checkpoint[CHECKPOINT_KEY])
+    if domain == "target":
+        set_target_stem(net, checkpoint["state_dict"])  # target_stem: its own first convolution
     stats = normalisation_from_checkpoint(checkpoint, path)[domain]
     hp = _plain(checkpoint.get("hyper_parameters", {})) or {}
     fitted = checkpoint.get("temperature")

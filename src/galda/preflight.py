@@ -333,7 +333,24 @@ def _choice_problems(cfg: Any) -> list[GaldaError]:
     flag = _get(cfg, "reuse_host_memory")
     if flag is not None and not isinstance(flag, bool):
         problems.append(ConfigError(f"reuse_host_memory={flag}: must be true or false"))
-    return problems
+    return problems + _stem_problems(cfg)
+
+
+def _stem_problems(cfg: Any) -> list[GaldaError]:
+    """``method.module.target_stem``: true or false, and true only with per-domain forwards."""
+    stem = _get(cfg, "method.module.target_stem")
+    if stem is None or stem is False:
+        return []
+    if not isinstance(stem, bool):
+        return [ConfigError(f"method.module.target_stem={stem}: must be true or false")]
+    if not _get(cfg, "method.module.domain_batchnorm"):
+        return [
+            ConfigError(
+                "method.module.target_stem=true: the target's own first convolution needs each "
+                "domain forwarded on its own; add method.module.domain_batchnorm=true (or affine)"
+            )
+        ]
+    return []
 
 
 def _epoch_problems(cfg: Any) -> list[GaldaError]:

@@ -36,6 +36,8 @@ from galda.methods.evaluation import EvaluationSteps
 
 BatchNorm = nn.modules.batchnorm._BatchNorm
 CHECKPOINT_KEY = "adabn_target"
+#: the target's own first convolution in a module's state_dict (``target_stem``)
+STEM_PREFIX = "target_stem."
 
 
 def first_convolution(net: nn.Module) -> nn.Conv2d:
@@ -88,6 +90,19 @@ def set_batchnorm_statistics(net: nn.Module, stats: list) -> None:
             with torch.no_grad():
                 layer.weight.copy_(torch.as_tensor(entry[2]))
                 layer.bias.copy_(torch.as_tensor(entry[3]))
+
+
+def set_target_stem(net: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """Copy a checkpoint's ``target_stem.*`` weights (the target's own first convolution) into
+    ``net``'s first convolution; nothing when the checkpoint has none."""
+    stem = [state_dict[k] for k in (f"{STEM_PREFIX}0", f"{STEM_PREFIX}1") if k in state_dict]
+    if not stem:
+        return
+    conv = first_convolution(net)
+    with torch.no_grad():
+        conv.weight.copy_(stem[0])
+        if conv.bias is not None and len(stem) > 1:
+            conv.bias.copy_(stem[1])
 
 
 class TargetStatistics(EvaluationSteps):
