@@ -120,3 +120,64 @@ def test_a_horizon_outside_0_1_is_refused():
         WeightEMA(horizon=0)
     with pytest.raises(ValueError, match="horizon"):
         WeightEMA(horizon=1.5)
+
+
+def test_a_galda_run_selects_and_reports_the_averaged_weights(compose_cfg, sim_data_dir, tmp_path):
+    """Through ``galda.train``: the monitor saw the averaged weights during fitting, and the
+    re-validation of the selected checkpoint (results.json) sees the same ones."""
+    from galda.train import train
+
+    cfg = compose_cfg(
+        "data=tiny",
+        f"paths.data_dir={sim_data_dir}",
+        "model=tiny",
+        "logger=none",
+        "method=mmd",
+        "trainer.max_epochs=3",
+        "+callbacks.weight_ema._target_=galda.callbacks.WeightEMA",
+        "+callbacks.weight_ema.horizon=0.5",
+        run_dir=tmp_path / "run",
+    )
+    results = train(cfg)
+    monitor = results["selection"]["monitor"]
+    assert results["validation"][monitor] == pytest.approx(results["selection"]["best_score"])
+    saved = torch.load(results["checkpoint"], weights_only=False)
+    assert "current_model_state" in saved  # the raw weights beside the averaged ones
+    assert not torch.equal(
+        saved["state_dict"]["net.head.weight"], saved["current_model_state"]["net.head.weight"]
+    )
+
+
+def test_a_resumed_fit_ends_with_the_same_average(tmp_path):
+    """The average and the raw weights both come back from the checkpoint: resuming after the
+    first epoch ends where the uninterrupted run does."""
+    _, whole, _, _ = _fit(tmp_path / "whole")
+
+    class _StopAfterFirstEpoch(pl.Callback):  # a run killed after its first checkpoint
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    def trainer(folder, *extra: pl.Callback) -> pl.Trainer:
+        return pl.Trainer(
+            max_epochs=EPOCHS,  # the same plan, so the same decay (galda refuses another budget)
+            callbacks=[
+                WeightEMA(horizon=HORIZON),
+                pl.callbacks.ModelCheckpoint(dirpath=folder),
+                *extra,
+            ],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=folder,
+        )
+
+    torch.manual_seed(0)
+    first = trainer(tmp_path / "part", _StopAfterFirstEpoch())
+    first.fit(_Toy(), _loader(), _loader())
+    assert first.current_epoch == 1
+    resumed = _Toy()
+    trainer(tmp_path / "part").fit(
+        resumed, _loader(), _loader(), ckpt_path=first.checkpoint_callback.best_model_path
+    )
+    for key, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value)
