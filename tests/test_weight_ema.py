@@ -115,11 +115,22 @@ def test_test_and_validate_after_fit_evaluate_the_checkpoints_averaged_weights(t
     torch.testing.assert_close(seen["validate"], averaged["net.0.weight"])
 
 
-def test_a_horizon_outside_0_1_is_refused():
+def test_a_horizon_outside_0_1_is_refused(compose_cfg):
+    from galda.errors import GaldaError
+    from galda.preflight import preflight_config
+
     with pytest.raises(ValueError, match="horizon"):
         WeightEMA(horizon=0)
     with pytest.raises(ValueError, match="horizon"):
         WeightEMA(horizon=1.5)
+    # before any work: preflight names the key and a value that works
+    cfg = compose_cfg(
+        "+callbacks.weight_ema._target_=galda.callbacks.WeightEMA",
+        "+callbacks.weight_ema.horizon=0",
+    )
+    with pytest.raises(GaldaError, match=r"callbacks\.weight_ema\.horizon=0: .*horizon=0\.05"):
+        preflight_config(cfg)
+    preflight_config(compose_cfg("+callbacks.weight_ema._target_=galda.callbacks.WeightEMA"))
 
 
 def test_a_galda_run_selects_and_reports_the_averaged_weights(compose_cfg, sim_data_dir, tmp_path):

@@ -79,6 +79,10 @@ class WeightEMA(WeightAveraging):
     checkpoint selection, the saved ``state_dict`` (so test, calibration and ``galda.predict``) all
     see θ̄; the raw weights keep training and are saved beside it for an exact resume.
 
+    With per-domain batch norm the target's running statistics (kept beside the network, not as
+    buffers: :mod:`galda.methods.domain_statistics`) are the running ones, not averaged; its own
+    γ, β and stem are parameters and are averaged.
+
     Lightning's :class:`~pytorch_lightning.callbacks.WeightAveraging` does the bookkeeping. Two
     changes: a checkpoint loaded *outside* fitting (``trainer.test(ckpt_path=...)``) keeps the
     averaged weights in the module (Lightning's hook would load the raw ones back), and validation

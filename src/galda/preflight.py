@@ -333,7 +333,25 @@ def _choice_problems(cfg: Any) -> list[GaldaError]:
     flag = _get(cfg, "reuse_host_memory")
     if flag is not None and not isinstance(flag, bool):
         problems.append(ConfigError(f"reuse_host_memory={flag}: must be true or false"))
-    return problems + _stem_problems(cfg)
+    return problems + _stem_problems(cfg) + _averaging_problems(cfg)
+
+
+def _averaging_problems(cfg: Any) -> list[GaldaError]:
+    """A ``galda.callbacks.WeightEMA`` node whose ``horizon`` is not a fraction of the run."""
+    problems: list[GaldaError] = []
+    for name, node in (_get(cfg, "callbacks") or {}).items():
+        if not isinstance(node, Mapping) or not str(node.get("_target_", "")).endswith("WeightEMA"):
+            continue
+        horizon = node.get("horizon", 0.05)
+        value = _number(horizon)
+        if value is None or not 0 < value <= 1:
+            problems.append(
+                ConfigError(
+                    f"callbacks.{name}.horizon={horizon}: the fraction of the run the average "
+                    f"spans must be in (0, 1], e.g. callbacks.{name}.horizon=0.05"
+                )
+            )
+    return problems
 
 
 def _stem_problems(cfg: Any) -> list[GaldaError]:
