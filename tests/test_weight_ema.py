@@ -145,8 +145,8 @@ def test_a_galda_run_selects_and_reports_the_averaged_weights(compose_cfg, sim_d
         "logger=none",
         "method=mmd",
         "trainer.max_epochs=3",
-        "+callbacks.weight_ema._target_=galda.callbacks.WeightEMA",
-        "+callbacks.weight_ema.horizon=0.5",
+        "callbacks=weight_ema",  # conf/callbacks/weight_ema.yaml
+        "callbacks.weight_ema.horizon=0.5",
         run_dir=tmp_path / "run",
     )
     results = train(cfg)
