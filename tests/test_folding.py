@@ -108,6 +108,23 @@ def test_folded_cache_refolds_after_a_step_and_for_swapped_statistics():
         torch.testing.assert_close(third(x)[1], net(x)[1], rtol=1e-5, atol=1e-5)
 
 
+def test_clear_refolds_weights_copied_in_through_data():
+    """Lightning's weight averaging swaps weights with ``.data.copy_``, which leaves the version
+    counters alone: the cache cannot see it, and evaluation clears it at every epoch start."""
+    torch.manual_seed(0)
+    net = _with_statistics(DeepMerge()).eval()
+    cache = FoldedCache()
+    x = torch.randn(4, 3, 75, 75)
+    stale = cache.get(net, "source")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.data.copy_(p.data * 0.5)  # as WeightAveraging._swap_models does
+    assert cache.get(net, "source") is stale  # unseen by the version counters
+    cache.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(cache.get(net, "source")(x)[1], net(x)[1], rtol=1e-5, atol=1e-5)
+
+
 def _paper_order(net: DeepMerge) -> nn.Sequential:
     """The authors' Conv-BN-ReLU-MaxPool blocks on the same layer objects."""
     f = list(net.features)
