@@ -46,6 +46,7 @@ GROUPS: list[tuple[str, str, str]] = [
     ("DANN, affine, width 2", "dann", "width2_affine_60ep/dann_seed*"),
     ("DANN, affine, target stem", "dann", "target_stem_screen/dann_seed*"),
     ("DANN, affine, weight EMA", "dann", "ema_screen/dann_seed*"),
+    ("DANN, affine, rate floor lr/100", "dann", "lr_floor_screen/dann_seed*"),
     ("joint oracle ‡", "ceiling", "runs/oracle_joint_seed*"),
 ]
 STYLE = {
