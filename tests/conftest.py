@@ -92,3 +92,30 @@ def compose_cfg(tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture()
+def tiny_cfg(compose_cfg, sim_data_dir):
+    """``compose_cfg`` on the tiny simulated set with the tiny network and no logger."""
+
+    def _tiny(*overrides: str, run_dir: Path | None = None):
+        base = ("data=tiny", f"paths.data_dir={sim_data_dir}", "model=tiny", "logger=none")
+        return compose_cfg(*base, *overrides, run_dir=run_dir)
+
+    return _tiny
+
+
+def assert_predictor_matches_module(checkpoint: str | Path, module) -> None:
+    """``galda.load_model`` classifies each domain as the LightningModule does: the target with its
+    own statistics (and whatever else the module swaps in for it), the source with the network's."""
+    from galda.inference import load_model
+
+    x = torch.rand(6, 3, 75, 75)
+    with torch.no_grad():
+        with module.target_statistics():
+            want_target = module(module.normalise(x, "target")).softmax(1)[:, 1]
+        want_source = module(module.normalise(x, "source")).softmax(1)[:, 1]
+        got_target = load_model(checkpoint, domain="target", calibrated=False)(x)
+        got_source = load_model(checkpoint, domain="source", calibrated=False)(x)
+    torch.testing.assert_close(got_target, want_target, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got_source, want_source, atol=1e-6, rtol=0)

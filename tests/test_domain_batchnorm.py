@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from galda.inference import load_model
 from galda.methods import DANNClassifier, MMDClassifier
 from galda.methods.domain_statistics import CHECKPOINT_KEY, batchnorm_layers
 from galda.models import TinyNet
+from tests.conftest import assert_predictor_matches_module
 
 
 def _stats(net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -98,15 +98,11 @@ def test_target_statistics_move_with_the_module():
             assert layer.running_mean is m
 
 
-def _trained_dann(compose_cfg, sim_data_dir, run_dir, mode: str) -> dict:
+def _trained_dann(tiny_cfg, run_dir, mode: str) -> dict:
     """One epoch of DANN on the tiny set with ``domain_batchnorm=mode``; its results."""
     from galda.train import train
 
-    cfg = compose_cfg(
-        "data=tiny",
-        f"paths.data_dir={sim_data_dir}",
-        "model=tiny",
-        "logger=none",
+    cfg = tiny_cfg(
         "method=dann",
         f"method.module.domain_batchnorm={mode}",
         "trainer.max_epochs=1",
@@ -115,25 +111,15 @@ def _trained_dann(compose_cfg, sim_data_dir, run_dir, mode: str) -> dict:
     return train(cfg)
 
 
-def test_trained_run_classifies_each_domain_with_its_own_statistics(
-    compose_cfg, sim_data_dir, tmp_path
-):
-    results = _trained_dann(compose_cfg, sim_data_dir, tmp_path / "run", "true")
+def test_trained_run_classifies_each_domain_with_its_own_statistics(tiny_cfg, tmp_path):
+    results = _trained_dann(tiny_cfg, tmp_path / "run", "true")
     assert results["config"]["method"]["module"]["domain_batchnorm"] is True
     checkpoint = torch.load(results["checkpoint"], weights_only=True)
     target_stats = checkpoint[CHECKPOINT_KEY]
     module = DANNClassifier.load_from_checkpoint(results["checkpoint"]).eval()
     source_stats = _stats(module.net)
     assert not torch.allclose(target_stats[0][0], source_stats[0][0])
-    x = torch.rand(6, 3, 75, 75)
-    with torch.no_grad():
-        want_source = module(module.normalise(x, "source")).softmax(1)[:, 1]
-        with module.target_statistics():
-            want_target = module(module.normalise(x, "target")).softmax(1)[:, 1]
-        got_source = load_model(results["checkpoint"], domain="source", calibrated=False)(x)
-        got_target = load_model(results["checkpoint"], domain="target", calibrated=False)(x)
-    torch.testing.assert_close(got_source, want_source, atol=1e-6, rtol=0)
-    torch.testing.assert_close(got_target, want_target, atol=1e-6, rtol=0)
+    assert_predictor_matches_module(results["checkpoint"], module)
     # the network's own buffers are the source's: evaluating target images left them untouched
     for (m, v), (rm, rv) in zip(_stats(module.net), source_stats):
         np.testing.assert_array_equal(m.numpy(), rm.numpy())
@@ -169,37 +155,22 @@ def test_affine_gives_the_target_its_own_scale_and_shift_trained_by_its_own_grad
     assert layers[0].weight is source_affine[0][0]
 
 
-def test_affine_target_batchnorm_travels_to_the_predictor(compose_cfg, sim_data_dir, tmp_path):
-    results = _trained_dann(compose_cfg, sim_data_dir, tmp_path / "run", "affine")
+def test_affine_target_batchnorm_travels_to_the_predictor(tiny_cfg, tmp_path):
+    results = _trained_dann(tiny_cfg, tmp_path / "run", "affine")
     checkpoint = torch.load(results["checkpoint"], weights_only=True)
     assert all(len(layer) == 4 for layer in checkpoint[CHECKPOINT_KEY])
     module = DANNClassifier.load_from_checkpoint(results["checkpoint"]).eval()
     assert module.target_affine is not None
     assert not torch.allclose(module.target_affine[0], batchnorm_layers(module.net)[0].weight)
-    x = torch.rand(6, 3, 75, 75)
-    with torch.no_grad():
-        with module.target_statistics():
-            want_target = module(module.normalise(x, "target")).softmax(1)[:, 1]
-        want_source = module(module.normalise(x, "source")).softmax(1)[:, 1]
-        got_target = load_model(results["checkpoint"], domain="target", calibrated=False)(x)
-        got_source = load_model(results["checkpoint"], domain="source", calibrated=False)(x)
-    torch.testing.assert_close(got_target, want_target, atol=1e-6, rtol=0)
-    torch.testing.assert_close(got_source, want_source, atol=1e-6, rtol=0)
+    assert_predictor_matches_module(results["checkpoint"], module)
 
 
 @pytest.mark.parametrize("bad", ["maybe"])
-def test_domain_batchnorm_rejects_a_non_boolean_before_training(compose_cfg, sim_data_dir, bad):
+def test_domain_batchnorm_rejects_a_non_boolean_before_training(tiny_cfg, bad):
     from galda.errors import GaldaError
     from galda.preflight import preflight
 
-    cfg = compose_cfg(
-        "data=tiny",
-        f"paths.data_dir={sim_data_dir}",
-        "model=tiny",
-        "logger=none",
-        "method=mmd",
-        f"method.module.domain_batchnorm={bad}",
-    )
+    cfg = tiny_cfg("method=mmd", f"method.module.domain_batchnorm={bad}")
     with pytest.raises(GaldaError, match="method.module.domain_batchnorm"):
         preflight(cfg)
 

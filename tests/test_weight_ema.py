@@ -133,16 +133,12 @@ def test_a_horizon_outside_0_1_is_refused(compose_cfg):
     preflight_config(compose_cfg("+callbacks.weight_ema._target_=galda.callbacks.WeightEMA"))
 
 
-def test_a_galda_run_selects_and_reports_the_averaged_weights(compose_cfg, sim_data_dir, tmp_path):
+def test_a_galda_run_selects_and_reports_the_averaged_weights(tiny_cfg, tmp_path):
     """Through ``galda.train``: the monitor saw the averaged weights during fitting, and the
     re-validation of the selected checkpoint (results.json) sees the same ones."""
     from galda.train import train
 
-    cfg = compose_cfg(
-        "data=tiny",
-        f"paths.data_dir={sim_data_dir}",
-        "model=tiny",
-        "logger=none",
+    cfg = tiny_cfg(
         "method=mmd",
         "trainer.max_epochs=3",
         "callbacks=weight_ema",  # conf/callbacks/weight_ema.yaml
